@@ -1,0 +1,193 @@
+"""Every setting lokal reads, declared once with its default and description.
+
+Precedence: explicit overrides (CLI flags) > LOKAL_* environment > OLLAMA_* twin > default.
+This is the only module that reads ``os.environ``; everything else asks a ``Settings`` object.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from lokal.errors import ConfigError
+
+DEFAULT_PORT = 11434
+
+
+def parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected a boolean (1/0, true/false), got {raw!r}")
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(-?\d+(?:\.\d+)?)(ms|s|m|h)")
+
+
+def parse_duration(raw: str | int | float) -> float:
+    """Seconds from Ollama's duration forms: ``5m``, ``1h30m``, ``90s``, ``300`` (seconds), ``-1`` (forever).
+
+    A negative result means "keep forever"; ``0`` means "unload now".
+    """
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return float(raw)
+    text = str(raw).strip().lower()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"invalid duration {raw!r}: use e.g. 30s, 5m, 1h, 300 or -1")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+def parse_host(raw: str) -> tuple[str, int]:
+    """``host[:port]``, with an optional ``http://`` scheme, as OLLAMA_HOST accepts it."""
+    text = raw.strip()
+    text = re.sub(r"^https?://", "", text).rstrip("/")
+    if not text:
+        return "127.0.0.1", DEFAULT_PORT
+    if text.startswith("["):  # [::1]:port
+        host, _, rest = text[1:].partition("]")
+        port = rest.lstrip(":")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, ""
+    if port and not port.isdigit():
+        raise ValueError(f"invalid port in {raw!r}")
+    return host or "127.0.0.1", int(port) if port else DEFAULT_PORT
+
+
+def parse_optional_int(raw: str) -> int | None:
+    return int(raw) if raw.strip() else None
+
+
+def parse_list(raw: str) -> list[str]:
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str
+    description: str
+    parse: Callable[[str], Any] = str
+    ollama_alias: str | None = None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("LOKAL_HOST", "127.0.0.1:11434", "Address the server binds and clients call (host[:port]).",
+            parse_host, "OLLAMA_HOST"),
+    Setting("LOKAL_MODELS", "~/.lokal/models", "Model store directory (Ollama layout; ~/.ollama/models works).",
+            lambda raw: Path(raw).expanduser(), "OLLAMA_MODELS"),
+    Setting("LOKAL_KEEP_ALIVE", "5m", "How long an idle model stays loaded (0 unloads at once, -1 keeps forever).",
+            parse_duration, "OLLAMA_KEEP_ALIVE"),
+    Setting("LOKAL_NUM_PARALLEL", "4", "Sequences each loaded model decodes at once (continuous batching slots).",
+            int, "OLLAMA_NUM_PARALLEL"),
+    Setting("LOKAL_MAX_LOADED_MODELS", "3", "Most models kept loaded at once; idle ones are evicted LRU.",
+            int, "OLLAMA_MAX_LOADED_MODELS"),
+    Setting("LOKAL_MAX_QUEUE", "512", "Most requests waiting for a model; beyond it the server answers 503 busy.",
+            int, "OLLAMA_MAX_QUEUE"),
+    Setting("LOKAL_CONTEXT_LENGTH", "", "Context length per sequence (default 4096, or the model's if smaller).",
+            parse_optional_int, "OLLAMA_CONTEXT_LENGTH"),
+    Setting("LOKAL_FLASH_ATTENTION", "0", "Use flash attention in llama.cpp.", parse_bool, "OLLAMA_FLASH_ATTENTION"),
+    Setting("LOKAL_NUM_THREAD", "", "CPU threads for inference (default: physical cores).",
+            parse_optional_int, "OLLAMA_NUM_THREAD"),
+    Setting("LOKAL_ORIGINS", "", "Extra allowed CORS origins, comma separated.", parse_list, "OLLAMA_ORIGINS"),
+    Setting("LOKAL_REGISTRY", "https://registry.ollama.ai", "Ollama-protocol registry that `pull` talks to.",
+            lambda raw: raw.rstrip("/"), "OLLAMA_REGISTRY"),
+    Setting("LOKAL_DEBUG", "0", "Verbose logs, including llama.cpp's own output.", parse_bool, "OLLAMA_DEBUG"),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def _attribute(name: str) -> str:
+    return name.removeprefix("LOKAL_").lower()
+
+
+class Settings:
+    """Resolved settings. Attribute names are the variable names without ``LOKAL_``, lower-cased
+    (``settings.num_parallel``); ``source(name)`` says where each value came from."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None):
+        env = os.environ if environ is None else environ
+        overrides = {k.upper() if k.upper().startswith("LOKAL_") else "LOKAL_" + k.upper(): v
+                     for k, v in (overrides or {}).items() if v is not None}
+        self._values: dict[str, Any] = {}
+        self._raw: dict[str, str] = {}
+        self._sources: dict[str, str] = {}
+        for setting in SETTINGS:
+            if setting.name in overrides:
+                raw, source = overrides[setting.name], "flag"
+            elif env.get(setting.name, "") != "":
+                raw, source = env[setting.name], setting.name
+            elif setting.ollama_alias and env.get(setting.ollama_alias, "") != "":
+                raw, source = env[setting.ollama_alias], setting.ollama_alias
+            else:
+                raw, source = setting.default, "default"
+            try:
+                value = setting.parse(raw) if isinstance(raw, str) else raw
+            except ValueError as exc:
+                raise ConfigError(f"{source if source != 'default' else setting.name}: {exc}") from None
+            self._values[setting.name] = value
+            self._raw[setting.name] = str(raw)
+            self._sources[setting.name] = source
+        if self.num_parallel < 1:
+            raise ConfigError("LOKAL_NUM_PARALLEL must be at least 1")
+        if self.max_loaded_models < 1:
+            raise ConfigError("LOKAL_MAX_LOADED_MODELS must be at least 1")
+
+    def __getattr__(self, attribute: str) -> Any:
+        name = "LOKAL_" + attribute.upper()
+        if name not in _BY_NAME:
+            raise AttributeError(attribute)
+        return self._values[name]
+
+    def source(self, name: str) -> str:
+        return self._sources[name]
+
+    def raw(self, name: str) -> str:
+        return self._raw[name]
+
+    @property
+    def base_url(self) -> str:
+        """URL a client on this machine uses to reach the server (0.0.0.0 binds mean loopback)."""
+        host, port = self.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port}"
+
+    def rows(self) -> list[tuple[str, str, str, str]]:
+        """(name, value, source, description) for `lokal config` and `serve --help`."""
+        return [(s.name, self._raw[s.name], self._sources[s.name], s.description) for s in SETTINGS]
+
+
+def env_flag(name: str) -> str | None:
+    """A non-lokal variable that a library honours itself (HF_ENDPOINT, HF_TOKEN, NO_COLOR, …).
+
+    Read here so that config.py stays the only reader of the environment."""
+    return os.environ.get(name) or None
+
+
+def physical_cores() -> int:
+    """Physical cores (llama.cpp runs best with one thread each); falls back to logical count."""
+    try:
+        siblings: set[str] = set()
+        for cpu in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/topology/thread_siblings_list"):
+            siblings.add(cpu.read_text().strip())
+        if siblings:
+            return len(siblings)
+    except OSError:
+        pass
+    return os.cpu_count() or 1

@@ -1,0 +1,220 @@
+"""The one internal request type and the one event stream every API flavour translates to and from.
+
+Ollama NDJSON, OpenAI SSE, the CLI and the in-process ``LLM`` are renderers of ``Token`` … ``Done``.
+Option names and defaults are Ollama's. Sampling options never reload a model; load options may.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from lokal.errors import BadRequest
+
+
+@dataclass
+class SamplingOptions:
+    """Per-request sampling; applied through llama.cpp's C sampler chain."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int = -1
+    num_predict: int = -1
+    num_keep: int = 4
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+
+
+@dataclass
+class LoadOptions:
+    """Options fixed when a model is loaded; a request that changes one reloads the model."""
+
+    num_ctx: int | None = None  # per sequence; None = min(4096, trained context) or LOKAL_CONTEXT_LENGTH
+    num_batch: int = 512
+    num_gpu: int = -1  # layers to offload; -1 = all that a GPU build can take, 0 = CPU only
+    num_thread: int | None = None
+    use_mmap: bool = True
+    use_mlock: bool = False
+    num_parallel: int | None = None  # LOKAL_NUM_PARALLEL when None
+    flash_attention: bool | None = None  # LOKAL_FLASH_ATTENTION when None
+
+
+_SAMPLING_FIELDS = {f.name: f for f in fields(SamplingOptions)}
+_LOAD_FIELDS = {f.name: f for f in fields(LoadOptions)}
+# Options Ollama accepts that llama.cpp's sampler chain here has no use for; accepted and ignored.
+_IGNORED_OPTIONS = {"mirostat", "mirostat_eta", "mirostat_tau", "tfs_z", "penalize_newline", "numa",
+                    "low_vram", "f16_kv", "vocab_only", "main_gpu", "logits_all", "embedding_only"}
+# Modelfile spellings people use (the seed writes `context_length`).
+_ALIASES = {"context_length": "num_ctx", "num_threads": "num_thread", "max_tokens": "num_predict"}
+
+
+def _coerce(name: str, annotation: str, value: Any) -> Any:
+    kind = annotation.replace(" | None", "")
+    if value is None and "None" in annotation:
+        return None
+    try:
+        if kind == "bool":
+            if isinstance(value, str):
+                if value.lower() in ("true", "1", "yes", "on"):
+                    return True
+                if value.lower() in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError
+            if not isinstance(value, (bool, int)):
+                raise ValueError
+            return bool(value)
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind == "list[str]":
+            if isinstance(value, str):
+                return [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError
+            return list(value)
+    except (TypeError, ValueError):
+        pass
+    raise BadRequest(f"option {name!r} must be {kind.replace('list[str]', 'a list of strings')}, got {value!r}")
+
+
+def split_options(options: dict[str, Any] | None, base_sampling: SamplingOptions | None = None,
+                  base_load: LoadOptions | None = None) -> tuple[SamplingOptions, LoadOptions]:
+    """Ollama's flat ``options`` object → validated (sampling, load) options over the given bases
+    (a model's Modelfile PARAMETERs). Unknown names are a 400, as a typo would otherwise go unnoticed."""
+    sampling = SamplingOptions(**{k: getattr(base_sampling, k) for k in _SAMPLING_FIELDS}) if base_sampling \
+        else SamplingOptions()
+    load = LoadOptions(**{k: getattr(base_load, k) for k in _LOAD_FIELDS}) if base_load else LoadOptions()
+    if options is None:
+        return sampling, load
+    if not isinstance(options, dict):
+        raise BadRequest("options must be an object")
+    for raw_name, value in options.items():
+        name = _ALIASES.get(raw_name, raw_name)
+        if name in _SAMPLING_FIELDS:
+            target, spec = sampling, _SAMPLING_FIELDS[name]
+        elif name in _LOAD_FIELDS:
+            target, spec = load, _LOAD_FIELDS[name]
+        elif name in _IGNORED_OPTIONS:
+            continue
+        else:
+            raise BadRequest(f"unknown option {raw_name!r}")
+        if name == "stop" and value is None:
+            value = []
+        setattr(target, name, _coerce(raw_name, str(spec.type), value))
+    _validate(sampling, load)
+    return sampling, load
+
+
+def _validate(sampling: SamplingOptions, load: LoadOptions) -> None:
+    if sampling.temperature < 0:
+        raise BadRequest("temperature must be >= 0")
+    if not 0 <= sampling.top_p <= 1 or not 0 <= sampling.min_p <= 1:
+        raise BadRequest("top_p and min_p must be between 0 and 1")
+    if sampling.top_k < 0:
+        raise BadRequest("top_k must be >= 0")
+    if load.num_ctx is not None and load.num_ctx < 16:
+        raise BadRequest("num_ctx must be at least 16")
+    if load.num_batch < 1:
+        raise BadRequest("num_batch must be at least 1")
+    if load.num_parallel is not None and load.num_parallel < 1:
+        raise BadRequest("num_parallel must be at least 1")
+
+
+@dataclass
+class Message:
+    role: str  # system | user | assistant | tool
+    content: str = ""
+    images: list[bytes] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_name: str | None = None
+    thinking: str | None = None
+
+
+Format = None | Literal["json"] | dict[str, Any]
+
+
+@dataclass
+class GenerateRequest:
+    """What every API turns a request into. Exactly one of ``prompt`` / ``messages`` is set for text
+    generation; neither means "load the model" (or unload it when keep_alive is 0)."""
+
+    model: str
+    prompt: str | None = None
+    messages: list[Message] | None = None
+    system: str | None = None
+    template: str | None = None
+    suffix: str | None = None
+    raw: bool = False
+    context: list[int] | None = None  # Ollama's /api/generate conversation tokens
+    images: list[bytes] | None = None
+    tools: list[dict[str, Any]] | None = None
+    format: Format = None
+    options: dict[str, Any] | None = None
+    keep_alive: float | None = None  # seconds; None = LOKAL_KEEP_ALIVE
+    truncate: bool = True
+
+
+@dataclass
+class EmbedRequest:
+    model: str
+    input: list[str]
+    truncate: bool = True
+    dimensions: int | None = None
+    options: dict[str, Any] | None = None
+    keep_alive: float | None = None
+
+
+@dataclass(slots=True)
+class Token:
+    """Text decoded in one engine step for one request (one or more tokens, UTF-8 complete)."""
+
+    text: str
+    ids: list[int]
+
+
+DoneReason = Literal["stop", "length", "load", "unload"]
+
+
+@dataclass
+class Done:
+    """Last event of every generation. Durations are nanoseconds, as Ollama reports them."""
+
+    reason: DoneReason
+    prompt_eval_count: int = 0
+    prompt_eval_duration: int = 0
+    eval_count: int = 0
+    eval_duration: int = 0
+    load_duration: int = 0
+    total_duration: int = 0
+    context: list[int] = field(default_factory=list)  # prompt + generated tokens
+
+    @property
+    def prompt_tokens_per_second(self) -> float:
+        return self.prompt_eval_count / (self.prompt_eval_duration / 1e9) if self.prompt_eval_duration else 0.0
+
+    @property
+    def eval_tokens_per_second(self) -> float:
+        return self.eval_count / (self.eval_duration / 1e9) if self.eval_duration else 0.0
+
+
+Event = Token | Done
+
+
+@dataclass
+class EmbedResult:
+    embeddings: list[list[float]]
+    prompt_eval_count: int
+    load_duration: int = 0
+    total_duration: int = 0
