@@ -26,6 +26,10 @@ class InvalidModelName(BadRequest):
     pass
 
 
+class InvalidDigest(BadRequest):
+    pass
+
+
 class ModelNotFound(LokalError):
     status = 404
 
@@ -92,3 +96,9 @@ class Cancelled(LokalError):
 
     def __init__(self, message: str = "request cancelled"):
         super().__init__(message)
+
+
+class ServerUnavailable(LokalError):
+    """No lokal server answers at the address a client was given (``lokal.Client``)."""
+
+    status = 503
