@@ -1,0 +1,369 @@
+"""Model residency: which models are loaded, for how long, and who waits.
+
+The runtime decides which models live (load on first use, keep_alive timers, LRU eviction of idle
+models beyond LOKAL_MAX_LOADED_MODELS, a memory estimate against free RAM, a bounded wait queue).
+Which tokens run is the engine's business. Sampling options never reload a model; load options do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, AsyncIterator, Iterator
+
+from lokal.config import Settings, physical_cores
+from lokal.engine import AsyncSink, Engine, EngineConfig, grammar_for
+from lokal.errors import BadRequest, InsufficientMemory, ModelLoadError, ServerBusy, UnsupportedCapability
+from lokal.hardware import available_memory, estimate_memory
+from lokal.prompt import build_prompt
+from lokal.store.gguf_info import ModelDetails, capabilities, read_details
+from lokal.store.names import ModelName
+from lokal.store.store import ModelEntry, Store
+from lokal.templates import ChatTemplate
+from lokal.types import (Done, EmbedRequest, EmbedResult, Event, GenerateRequest, LoadOptions, Message,
+                         SamplingOptions, split_options)
+
+log = logging.getLogger("lokal.runtime")
+
+DEFAULT_NUM_CTX = 4096
+
+
+@dataclass
+class RunningModel:
+    name: str
+    model: str
+    digest: str
+    size: int
+    size_vram: int
+    context_length: int
+    expires_at: datetime | None
+    details: ModelDetails
+
+
+@dataclass
+class ModelDefaults:
+    """What a model's manifest says about requests: its Modelfile PARAMETERs, SYSTEM and MESSAGES.
+    (Its TEMPLATE is read once at load time: it belongs to the loaded model.)"""
+
+    sampling: SamplingOptions
+    load: LoadOptions
+    system: str | None
+    messages: list[Message]
+
+
+@dataclass
+class LoadedModel:
+    key: str
+    entry: ModelEntry
+    engine: Engine
+    details: ModelDetails
+    template: ChatTemplate
+    config: EngineConfig
+    memory: int
+    num_active: int = 0
+    keep_alive: float = 300.0
+    expires_at: float | None = None  # wall clock; None while busy or kept forever
+    last_used: float = field(default_factory=time.monotonic)
+    expiry_timer: asyncio.TimerHandle | None = None
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def is_idle(self) -> bool:
+        return self.num_active == 0
+
+
+def _model_key(name: ModelName) -> str:
+    return str(name).lower()
+
+
+class Runtime:
+    def __init__(self, settings: Settings, store: Store | None = None):
+        self.settings = settings
+        self.store = store or Store(settings.models)
+        self._loaded: dict[str, LoadedModel] = {}
+        self._lock = asyncio.Lock()  # serializes load/unload decisions
+        # Signalled (under the same lock, so no wake-up is lost) when a model goes idle or unloads.
+        self._changed = asyncio.Condition(self._lock)
+        self._num_in_flight = 0
+        self._closed = False
+
+    # ---- public API -------------------------------------------------------------------------------
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Event]:
+        """Token events then one Done. Errors raise before the first event."""
+        started = time.perf_counter_ns()
+        name = ModelName.parse(request.model)
+        keep_alive = self._keep_alive(request.keep_alive)
+        if request.prompt is None and not request.messages:
+            if keep_alive == 0:
+                await self.unload(request.model)
+                yield Done(reason="unload", total_duration=time.perf_counter_ns() - started)
+                return
+        entry, defaults = self._defaults(name)
+        sampling, load = split_options(request.options, defaults.sampling, defaults.load)
+        with self._queue_slot():
+            model, load_ns = await self._acquire(name, entry, load)
+            try:
+                async for event in self._generate_on(model, request, sampling, defaults, started, load_ns):
+                    yield event
+            finally:
+                self._release(model, keep_alive)
+
+    async def _generate_on(self, model: LoadedModel, request: GenerateRequest, sampling: SamplingOptions,
+                           defaults: ModelDefaults, started: int, load_ns: int) -> AsyncIterator[Event]:
+        if request.prompt is None and not request.messages:
+            yield Done(reason="load", load_duration=load_ns, total_duration=time.perf_counter_ns() - started)
+            return
+        if (request.images or any(m.images for m in request.messages or [])) and \
+                "vision" not in capabilities(model.details):
+            raise UnsupportedCapability(f'model "{model.entry.name.display}" does not support images')
+        prompt = build_prompt(request, template=model.template, tokenize=model.engine.tokenize,
+                              num_ctx=model.config.num_ctx, num_predict=sampling.num_predict,
+                              default_system=defaults.system, default_messages=defaults.messages,
+                              bos_token=model.engine.bos_text, eos_token=model.engine.eos_text)
+        grammar = grammar_for(request.format)
+        sink = AsyncSink(asyncio.get_running_loop())
+        handle = model.engine.submit(prompt.tokens, sampling, grammar=grammar, sink=sink)
+        try:
+            async for event in sink:
+                if isinstance(event, Done):
+                    event.load_duration = load_ns
+                    event.total_duration = time.perf_counter_ns() - started
+                yield event
+        finally:
+            handle.cancel()  # no-op once finished; frees the slot when the consumer went away
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        started = time.perf_counter_ns()
+        name = ModelName.parse(request.model)
+        entry, defaults = self._defaults(name)
+        _, load = split_options(request.options, defaults.sampling, defaults.load)
+        if request.dimensions is not None and request.dimensions < 1:
+            raise BadRequest("dimensions must be a positive integer")
+        with self._queue_slot():
+            model, load_ns = await self._acquire(name, entry, load)
+            try:
+                return await self._embed_on(model, request, started, load_ns)
+            finally:
+                self._release(model, self._keep_alive(request.keep_alive))
+
+    async def _embed_on(self, model: LoadedModel, request: EmbedRequest, started: int, load_ns: int) -> EmbedResult:
+        limit = model.config.num_ctx
+        token_lists = []
+        for text in request.input:
+            tokens = model.engine.tokenize(text, add_special=True, parse_special=False)
+            if len(tokens) > limit:
+                if not request.truncate:
+                    raise BadRequest(f"input length {len(tokens)} tokens exceeds the context length {limit}")
+                tokens = tokens[:limit]
+            token_lists.append(tokens)
+        vectors = await asyncio.to_thread(model.engine.embed, token_lists)
+        if request.dimensions is not None:
+            vectors = [_shorten(v, request.dimensions) for v in vectors]
+        return EmbedResult(embeddings=vectors, prompt_eval_count=sum(map(len, token_lists)),
+                           load_duration=load_ns, total_duration=time.perf_counter_ns() - started)
+
+    async def load(self, model: str, keep_alive: float | None = None) -> None:
+        async for _ in self.generate(GenerateRequest(model=model, keep_alive=keep_alive)):
+            pass
+
+    async def unload(self, model: str) -> None:
+        key = _model_key(ModelName.parse(model))
+        async with self._lock:
+            loaded = self._loaded.get(key)
+            if loaded is None:
+                return
+            if loaded.is_idle:
+                await self._evict(loaded)
+            else:
+                loaded.keep_alive = 0  # unloads as soon as its last request finishes
+
+    async def unload_all(self) -> None:
+        for key in list(self._loaded):
+            await self.unload(key)
+
+    def running(self) -> list[RunningModel]:
+        result = []
+        for model in sorted(self._loaded.values(), key=lambda m: -m.last_used):
+            expires = None
+            if model.expires_at is not None:
+                expires = datetime.fromtimestamp(model.expires_at, timezone.utc)
+            elif model.keep_alive >= 0:  # busy: expires keep_alive after it finishes
+                expires = datetime.now(timezone.utc) + timedelta(seconds=model.keep_alive)
+            result.append(RunningModel(
+                name=model.entry.name.display, model=model.entry.name.display, digest=model.entry.digest,
+                size=model.memory, size_vram=0, context_length=model.config.num_ctx,
+                expires_at=expires, details=model.details))
+        return result
+
+    def loaded_engine(self, model: str) -> Engine | None:
+        loaded = self._loaded.get(_model_key(ModelName.parse(model)))
+        return loaded.engine if loaded else None
+
+    async def close(self) -> None:
+        self._closed = True
+        async with self._lock:
+            for model in list(self._loaded.values()):
+                await self._evict(model)
+
+    # ---- residency --------------------------------------------------------------------------------
+
+    def _keep_alive(self, requested: float | None) -> float:
+        return float(self.settings.keep_alive if requested is None else requested)
+
+    def _defaults(self, name: ModelName) -> tuple[ModelEntry, ModelDefaults]:
+        entry = self.store.get(name)
+        params = dict(self.store.params(entry))
+        try:
+            sampling, load = split_options(params)
+        except BadRequest as exc:
+            raise BadRequest(f'model "{name.display}" has an invalid PARAMETER: {exc.message}') from None
+        messages = [Message(role=m.get("role", "user"), content=m.get("content", ""))
+                    for m in self.store.messages(entry)]
+        return entry, ModelDefaults(sampling=sampling, load=load, system=self.store.layer_text(entry, "system"),
+                                    messages=messages)
+
+    @contextmanager
+    def _queue_slot(self) -> Iterator[None]:
+        """Counts a request from arrival to its end. Requests beyond the loaded models' decoding slots
+        are waiting; more than LOKAL_MAX_QUEUE of those fail fast instead of piling up."""
+        if self._closed:
+            raise ServerBusy("server is shutting down")
+        capacity = sum(m.config.num_parallel for m in self._loaded.values())
+        if self._num_in_flight - capacity >= self.settings.max_queue:
+            raise ServerBusy(f"server busy: more than {self.settings.max_queue} requests waiting (LOKAL_MAX_QUEUE)")
+        self._num_in_flight += 1
+        try:
+            yield
+        finally:
+            self._num_in_flight -= 1
+
+    def _engine_config(self, entry: ModelEntry, details: ModelDetails, load: LoadOptions) -> EngineConfig:
+        trained = details.context_length or DEFAULT_NUM_CTX
+        num_ctx = load.num_ctx or self.settings.context_length or min(DEFAULT_NUM_CTX, trained)
+        return EngineConfig(
+            num_ctx=num_ctx,
+            num_parallel=load.num_parallel or self.settings.num_parallel,
+            num_batch=load.num_batch,
+            num_thread=load.num_thread or self.settings.num_thread or physical_cores(),
+            num_gpu=load.num_gpu,
+            use_mmap=load.use_mmap,
+            use_mlock=load.use_mlock,
+            flash_attention=self.settings.flash_attention if load.flash_attention is None else load.flash_attention,
+        )
+
+    async def _acquire(self, name: ModelName, entry: ModelEntry, load: LoadOptions) -> tuple[LoadedModel, int]:
+        """The loaded model for this request (loading it if needed), marked busy. Returns load time in ns."""
+        key = _model_key(name)
+        path = self.store.model_path(entry)
+        async with self._lock:
+            while True:
+                loaded = self._loaded.get(key)
+                if loaded is not None and loaded.entry.digest == entry.digest:
+                    details = loaded.details
+                else:
+                    details = await asyncio.to_thread(read_details, path)
+                wanted = self._engine_config(entry, details, load)
+                if loaded is not None and loaded.config == wanted and loaded.entry.digest == entry.digest:
+                    self._mark_busy(loaded)
+                    return loaded, 0
+                if loaded is not None and loaded.is_idle:
+                    await self._evict(loaded)  # load options or the model itself changed: reload
+                    loaded = None
+                if loaded is None and await self._make_room(key, path, details, wanted):
+                    started = time.perf_counter_ns()
+                    model = await self._load(key, entry, path, details, wanted)
+                    self._mark_busy(model)
+                    return model, time.perf_counter_ns() - started
+                # The model is busy with other options, or every slot holds a busy model: wait for a change.
+                await self._changed.wait()
+
+    async def _make_room(self, key: str, path: Any, details: ModelDetails, config: EngineConfig) -> bool:
+        """Evict idle models until the new one fits; False when it must wait for busy ones."""
+        needed = estimate_memory(path.stat().st_size, details.metadata,
+                                 config.num_ctx * config.num_parallel).total
+        idle = sorted((m for m in self._loaded.values() if m.is_idle), key=lambda m: m.last_used)
+        while len(self._loaded) >= self.settings.max_loaded_models:
+            if not idle:
+                return False
+            await self._evict(idle.pop(0))
+        while needed > available_memory():
+            if not idle:
+                if not self._loaded:
+                    raise InsufficientMemory(
+                        f"model requires {needed / 1e9:.1f} GB of memory but only "
+                        f"{available_memory() / 1e9:.1f} GB is available; try a smaller num_ctx or num_parallel")
+                return False
+            await self._evict(idle.pop(0))
+        return True
+
+    async def _load(self, key: str, entry: ModelEntry, path: Any, details: ModelDetails,
+                    config: EngineConfig) -> LoadedModel:
+        log.info("loading %s (num_ctx=%d, num_parallel=%d)", entry.name.display, config.num_ctx, config.num_parallel)
+        try:
+            engine = await asyncio.to_thread(Engine, str(path), config)
+        except Exception as exc:  # llama.cpp reports load failures as a bare None/ValueError
+            raise ModelLoadError(f'failed to load model "{entry.name.display}": {exc}') from exc
+        template_override = self.store.layer_text(entry, "template")
+        template = ChatTemplate.from_model(details.chat_template, template_override,
+                                         architecture=details.architecture)
+        memory = estimate_memory(path.stat().st_size, details.metadata, config.num_ctx * config.num_parallel).total
+        model = LoadedModel(key=key, entry=entry, engine=engine, details=details, template=template,
+                            config=config, memory=memory)
+        self._loaded[key] = model
+        return model
+
+    def _mark_busy(self, model: LoadedModel) -> None:
+        model.num_active += 1
+        model.last_used = time.monotonic()
+        model.expires_at = None
+        if model.expiry_timer is not None:
+            model.expiry_timer.cancel()
+            model.expiry_timer = None
+
+    def _release(self, model: LoadedModel, keep_alive: float) -> None:
+        model.num_active -= 1
+        model.keep_alive = keep_alive
+        model.last_used = time.monotonic()
+        if model.num_active == 0:
+            loop = asyncio.get_running_loop()
+            if keep_alive == 0:
+                loop.create_task(self._expire(model))
+            elif keep_alive > 0:
+                model.expires_at = time.time() + keep_alive
+                model.expiry_timer = loop.call_later(keep_alive, lambda: loop.create_task(self._expire(model)))
+        loop = asyncio.get_running_loop()
+        loop.create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _expire(self, model: LoadedModel) -> None:
+        async with self._lock:
+            if self._loaded.get(model.key) is model and model.is_idle:
+                log.info("keep_alive expired: unloading %s", model.entry.name.display)
+                await self._evict(model)
+
+    async def _evict(self, model: LoadedModel) -> None:
+        """Unload a model. Caller holds self._lock."""
+        if self._loaded.get(model.key) is model:
+            del self._loaded[model.key]
+        if model.expiry_timer is not None:
+            model.expiry_timer.cancel()
+        log.info("unloading %s", model.entry.name.display)
+        await asyncio.to_thread(model.engine.close)
+        self._changed.notify_all()
+
+
+def _shorten(vector: list[float], dimensions: int) -> list[float]:
+    """Matryoshka-style truncation: keep the first dimensions, renormalize (Ollama does the same)."""
+    head = vector[:dimensions]
+    norm = sum(x * x for x in head) ** 0.5
+    return [x / norm for x in head] if norm else head
+
+
