@@ -1,0 +1,180 @@
+"""What a stored model is, in Ollama's /api/show terms: used by ``lokal show`` and the server's /api/show.
+
+Field names are Ollama's (``modelfile``, ``parameters``, ``template``, ``system``, ``license``, ``details``,
+``model_info``, ``capabilities``, ``modified_at``), so ``to_dict()`` is the response body as is.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from lokal.store.gguf_info import ModelDetails, capabilities, read_details
+from lokal.store.names import ModelName
+from lokal.store.store import Store
+
+# Column where Ollama's parameter values start ("%-30s %v").
+PARAMETER_NAME_WIDTH = 30
+# Metadata that /api/show leaves out of model_info: the chat template has its own field.
+_OMITTED_METADATA = {"tokenizer.chat_template"}
+
+
+@dataclass
+class ModelDescription:
+    name: str  # display form, e.g. "smollm2:latest"
+    modelfile: str
+    parameters: str
+    template: str
+    system: str
+    license: str
+    details: dict[str, Any]
+    model_info: dict[str, Any]
+    capabilities: list[str]
+    modified_at: datetime | None
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    parameter_values: dict[str, Any] = field(default_factory=dict)  # the PARAMETERs, typed
+
+    def to_dict(self) -> dict[str, Any]:
+        """The /api/show response body."""
+        body: dict[str, Any] = {
+            "modelfile": self.modelfile,
+            "parameters": self.parameters,
+            "template": self.template,
+            "system": self.system,
+            "license": self.license,
+            "details": dict(self.details),
+            "model_info": dict(self.model_info),
+            "capabilities": list(self.capabilities),
+            "modified_at": self.modified_at.isoformat() if self.modified_at else None,
+        }
+        if self.messages:
+            body["messages"] = list(self.messages)
+        return body
+
+
+def describe(store: Store, name: str | ModelName) -> ModelDescription:
+    """Describe a stored model. Raises ``InvalidModelName`` / ``ModelNotFound`` / ``StoreError``."""
+    model_name = name if isinstance(name, ModelName) else ModelName.parse(name)
+    entry = store.get(model_name)
+    model_path = store.model_path(entry)
+    details = read_details(model_path)
+    template_layer = store.layer_text(entry, "template")
+    template = template_layer if template_layer is not None else (details.chat_template or "")
+    system = store.layer_text(entry, "system") or ""
+    license_text = store.layer_text(entry, "license") or details.license or ""
+    parameter_values = dict(store.params(entry))
+    messages = list(store.messages(entry))
+    modelfile = format_modelfile(
+        entry.name.display, str(model_path), template=template, system=system,
+        parameters=parameter_values, license_text=license_text, messages=messages)
+    return ModelDescription(
+        name=entry.name.display,
+        modelfile=modelfile,
+        parameters=format_parameters(parameter_values),
+        template=template,
+        system=system,
+        license=license_text,
+        details=_details(details),
+        model_info=model_info(details),
+        capabilities=list(capabilities(details, template)),
+        modified_at=entry.modified_at,
+        messages=messages,
+        parameter_values=parameter_values,
+    )
+
+
+def _details(details: ModelDetails) -> dict[str, Any]:
+    return {
+        "parent_model": "",
+        "format": "gguf",
+        "family": details.family,
+        "families": details.families or None,
+        "parameter_size": details.parameter_size or "",
+        "quantization_level": details.quantization_level or "",
+    }
+
+
+def model_info(details: ModelDetails) -> dict[str, Any]:
+    """GGUF metadata as /api/show's ``model_info``: every key, long arrays (vocabularies) as null like
+    Ollama, and always the keys ``lokal show`` prints."""
+    info: dict[str, Any] = {}
+    for key, value in details.metadata.items():
+        if key not in _OMITTED_METADATA:
+            info[key] = value
+    architecture = details.architecture or ""
+    info.setdefault("general.architecture", architecture)
+    if details.parameter_count:
+        info.setdefault("general.parameter_count", int(details.parameter_count))
+    if details.context_length:
+        info.setdefault(f"{architecture}.context_length", int(details.context_length))
+    if details.embedding_length:
+        info.setdefault(f"{architecture}.embedding_length", int(details.embedding_length))
+    return dict(sorted(info.items()))
+
+
+def _parameter_items(parameters: dict[str, Any]) -> list[tuple[str, Any]]:
+    """One (name, value) per line: list values (``stop``) give one line each, as in a Modelfile."""
+    items = []
+    for name, value in parameters.items():
+        for single in value if isinstance(value, (list, tuple)) else [value]:
+            items.append((name, single))
+    return items
+
+
+def _go_value(value: Any) -> str:
+    """A value as Go's ``%#v`` prints it in Ollama's parameters text: strings quoted, numbers bare."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def format_parameters(parameters: dict[str, Any]) -> str:
+    """Ollama's /api/show ``parameters``: ``stop                           "<|im_end|>"`` per line."""
+    return "\n".join(f"{name:<{PARAMETER_NAME_WIDTH}} {_go_value(value)}"
+                     for name, value in _parameter_items(parameters))
+
+
+def _block(text: str) -> str:
+    """TEMPLATE, SYSTEM and LICENSE are multi-line texts: always triple-quoted."""
+    return f'"""{text}"""'
+
+
+def _argument(value: Any) -> str:
+    """A PARAMETER or MESSAGE argument quoted as Ollama's Modelfile writer does: bare unless it has a
+    newline or edge spaces, then quoted (triple quotes when it contains a quote)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = str(value)
+    if "\n" in text or text != text.strip():
+        return f'"""{text}"""' if '"' in text else f'"{text}"'
+    return text
+
+
+def format_modelfile(display_name: str, model_path: str, *, template: str, system: str,
+                     parameters: dict[str, Any], license_text: str, messages: list[dict[str, Any]]) -> str:
+    """The Modelfile that rebuilds this model, in the layout ``ollama show --modelfile`` prints."""
+    lines = [
+        '# Modelfile generated by "lokal show"',
+        "# To build a new Modelfile based on this, replace FROM with:",
+        f"# FROM {display_name}",
+        "",
+        f"FROM {model_path}",
+    ]
+    if template:
+        lines.append(f"TEMPLATE {_block(template)}")
+    if system:
+        lines.append(f"SYSTEM {_block(system)}")
+    lines += [f"PARAMETER {name} {_argument(value)}" for name, value in _parameter_items(parameters)]
+    if license_text:
+        lines.append(f"LICENSE {_block(license_text)}")
+    for message in messages:
+        lines.append(f"MESSAGE {message.get('role', 'user')} {_argument(message.get('content', ''))}")
+    return "\n".join(lines) + "\n"
