@@ -102,3 +102,9 @@ class ServerUnavailable(LokalError):
     """No lokal server answers at the address a client was given (``lokal.Client``)."""
 
     status = 503
+
+
+class MissingDependency(LokalError):
+    """An optional feature whose Python package is not installed; the message says what to install."""
+
+    status = 500

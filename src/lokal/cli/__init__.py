@@ -1,6 +1,6 @@
 """The ``lokal`` command: Ollama's verbs (pull, list, show, rm, cp, run) plus ``config``.
 
-Each command module (``models``, ``run``, ``serve`` with ``ps``/``stop``) registers its commands on ``app``
+Each command module (``models``, ``run``, ``serve`` with ``ps``/``stop``, ``bench``) registers its commands on ``app``
 through a ``register(app)`` hook, listed in ``_register_commands`` below.
 
 Errors end here: a ``LokalError`` prints ``Error: <message>`` on stderr and exits 1, never a traceback
@@ -82,9 +82,9 @@ def _root(version: bool = typer.Option(False, "--version", "-v", is_eager=True, 
 
 
 def _register_commands() -> None:
-    from lokal.cli import models, run, serve
+    from lokal.cli import bench, models, run, serve
 
-    for module in (models, run, serve):
+    for module in (models, run, serve, bench):
         module.register(app)
 
 

