@@ -1,0 +1,89 @@
+"""``lokal serve`` runs the server; ``lokal ps`` and ``lokal stop`` ask a running one (through
+``lokal.Client``) what is loaded and to unload a model."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+import typer
+
+from lokal.config import SETTINGS, Settings
+
+_ENVIRONMENT_HELP = "\n\n".join(f"{s.name}  {s.description} (default: {s.default or 'unset'})" for s in SETTINGS)
+# /api/ps reports a model kept forever with an expiry this far away.
+_FOREVER_AFTER_YEARS = 100
+
+
+def serve(
+    host: Optional[str] = typer.Option(None, "--host", help="Address to bind, host[:port] (LOKAL_HOST)."),
+    models: Optional[str] = typer.Option(None, "--models", help="Model store directory (LOKAL_MODELS)."),
+    keep_alive: Optional[str] = typer.Option(None, "--keep-alive",
+                                             help="Idle time before unloading (LOKAL_KEEP_ALIVE)."),
+    num_parallel: Optional[int] = typer.Option(None, "--num-parallel",
+                                               help="Sequences per model at once (LOKAL_NUM_PARALLEL)."),
+    debug: bool = typer.Option(False, "--debug", help="Verbose logs (LOKAL_DEBUG)."),
+) -> None:
+    """Start the server: the Ollama API, the OpenAI API (/v1) and Foundry Local's endpoints. Stop it with Ctrl+C."""
+    from lokal.server.serve import serve as run_server
+
+    overrides = {"host": host, "models": models, "keep_alive": keep_alive, "num_parallel": num_parallel,
+                 "debug": "1" if debug else None}
+    run_server(Settings(overrides={k: v for k, v in overrides.items() if v is not None}))
+
+
+def ps() -> None:
+    """List the models a running server has loaded."""
+    from lokal.cli.render import format_table, human_bytes
+    from lokal.client import Client
+
+    with Client() as client:
+        running = client.ps()["models"]
+    rows = [[m["name"], m["digest"].removeprefix("sha256:")[:12], human_bytes(m["size"]),
+             processor(m["size"], m["size_vram"]), str(m.get("context_length", "")), until(m.get("expires_at"))]
+            for m in running]
+    print(format_table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], rows), end="")
+
+
+def stop(model: str = typer.Argument(..., help="Model to unload.")) -> None:
+    """Unload a model from a running server now."""
+    from lokal.cli import fail
+    from lokal.client import Client
+    from lokal.store.names import ModelName
+
+    wanted = ModelName.parse(model)
+    with Client() as client:
+        loaded = [m["name"] for m in client.ps()["models"]]
+        if not any(ModelName.parse(name) == wanted for name in loaded):
+            raise fail(f'couldn\'t find model "{model}" to stop')
+        client.stop(model)
+
+
+def processor(size: int, size_vram: int) -> str:
+    """Where the model runs, as Ollama's PROCESSOR column says it."""
+    if size_vram <= 0 or size <= 0:
+        return "100% CPU"
+    if size_vram >= size:
+        return "100% GPU"
+    gpu_percent = round(100 * size_vram / size)
+    return f"{100 - gpu_percent}%/{gpu_percent}% CPU/GPU"
+
+
+def until(expires_at: Any) -> str:
+    if not expires_at:
+        return "Forever"
+    from lokal.cli.render import human_time
+
+    moment = datetime.fromisoformat(str(expires_at).replace("Z", "+00:00"))
+    now = datetime.now(timezone.utc)
+    if moment.year - now.year >= _FOREVER_AFTER_YEARS:
+        return "Forever"
+    if moment <= now:
+        return "Stopping..."
+    return human_time(moment, now)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve", epilog="Environment:\n\n" + _ENVIRONMENT_HELP)(serve)
+    app.command("ps")(ps)
+    app.command("stop")(stop)

@@ -1,0 +1,111 @@
+"""Foundry Local's management endpoints (/openai/*), as its SDK's FoundryLocalManager calls them:
+model ids are plain strings, load/unload are GETs, and a download streams progress text lines ending
+with one JSON object ``{"success": …, "errorMessage": …}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, AsyncIterator
+
+import anyio
+import orjson
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, ConfigDict
+
+from lokal.errors import BadRequest, LokalError
+from lokal.server.ollama_api import iterate_in_thread, runtime_of
+from lokal.server.streaming import streaming_response
+
+log = logging.getLogger("lokal.server")
+
+router = APIRouter(prefix="/openai", tags=["foundry"])
+
+
+class DownloadModel(BaseModel):
+    """The catalog entry the SDK sends; lokal needs only its name."""
+
+    model_config = ConfigDict(extra="allow")
+
+    Name: str
+
+
+class DownloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: DownloadModel | str
+    """The model to download: a catalog entry object, or simply its name."""
+    token: str | None = None
+    """Access token for gated sources; unused."""
+    IgnorePipeReport: bool | None = None
+    """Unused; accepted for compatibility."""
+
+
+@router.get("/models")
+async def cached_models(request: Request) -> list[str]:
+    """Names of the models in the store."""
+    entries = (await anyio.to_thread.run_sync(runtime_of(request).store.list)).models
+    return [entry.name.display for entry in entries]
+
+
+@router.get("/loadedmodels")
+async def loaded_models(request: Request) -> list[str]:
+    return [model.name for model in runtime_of(request).running()]
+
+
+@router.get("/load/{name:path}")
+async def load(name: str, request: Request,
+               ttl: float = Query(600, description="Seconds to keep it loaded; -1 = forever")) -> Response:
+    await runtime_of(request).load(name, keep_alive=ttl)
+    return Response(status_code=200)
+
+
+@router.get("/unload/{name:path}")
+async def unload(name: str, request: Request,
+                 force: bool = Query(False, description="Accepted; a busy model unloads when its requests end")
+                 ) -> Response:
+    await runtime_of(request).unload(name)
+    return Response(status_code=200)
+
+
+@router.get("/unloadall")
+async def unload_all(request: Request) -> Response:
+    await runtime_of(request).unload_all()
+    return Response(status_code=200)
+
+
+@router.get("/status")
+async def status(request: Request) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    return {"endpoints": [runtime.settings.base_url], "modelDirPath": str(runtime.settings.models),
+            "pipeName": None}
+
+
+@router.post("/download")
+async def download(body: DownloadRequest, request: Request) -> Response:
+    """Pull a model; streams "Total NN.NN% Downloading NAME" lines, then the result object."""
+    from lokal.store.sources import pull as pull_model
+
+    runtime = runtime_of(request)
+    name = body.model if isinstance(body.model, str) else body.model.Name
+    if not name:
+        raise BadRequest("model name is required")
+    events = iterate_in_thread(lambda: pull_model(runtime.store, name, runtime.settings))
+
+    async def lines() -> AsyncIterator[bytes]:
+        result: dict[str, Any] = {"success": True, "errorMessage": None}
+        try:
+            async for progress in events:
+                if progress.total:
+                    percent = 100.0 * (progress.completed or 0) / progress.total
+                    yield f"Total {percent:.2f}% Downloading {name}\n".encode()
+        except LokalError as exc:
+            result = {"success": False, "errorMessage": exc.message}
+        except Exception:
+            log.exception("download failed")
+            result = {"success": False, "errorMessage": "internal error; see the server log"}
+        finally:
+            await events.aclose()
+        yield orjson.dumps(result) + b"\n"
+
+    return streaming_response(lines(), "text/plain; charset=utf-8")
+

@@ -1,0 +1,434 @@
+"""The Ollama API: each handler translates its wire type to the runtime's one request type and renders
+the runtime's events back. Model management goes to the store (``runtime.store``)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator, Callable, Iterator
+
+import anyio
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import PlainTextResponse
+from starlette.concurrency import iterate_in_threadpool
+
+from lokal import __version__
+from lokal import types as internal
+from lokal.config import parse_duration
+from lokal.errors import BadRequest, LokalError, ModelNotFound
+from lokal.server import ollama_types as wire
+from lokal.server.streaming import (NDJSON, JSONResponse, collect, close_quietly, first_event, ndjson_line,
+                                    now_rfc3339, render_stream, streaming_response, until_disconnected)
+
+log = logging.getLogger("lokal.server")
+
+router = APIRouter()
+
+# What /api/ps reports for a model kept loaded forever (Ollama prints such a date as "Forever").
+FOREVER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
+
+
+def runtime_of(request: Request) -> Any:
+    return request.app.state.runtime
+
+
+# ---- translation: wire → internal ------------------------------------------------------------------------
+
+
+def parse_keep_alive(value: float | str | None) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise BadRequest(f"invalid keep_alive: {exc}") from None
+
+
+def decode_images(images: list[str] | None) -> list[bytes] | None:
+    if not images:
+        return None
+    decoded = []
+    for index, text in enumerate(images):
+        try:
+            decoded.append(base64.b64decode(text, validate=True))
+        except (binascii.Error, ValueError):
+            raise BadRequest(f"image {index} is not valid base64") from None
+    return decoded
+
+
+def parse_format(value: wire.Format) -> internal.Format:
+    if value is None or value == "":
+        return None
+    return value
+
+
+def check_generation_extras(body: wire.GenerateOptions) -> None:
+    """Fields the official client can send that lokal cannot honour yet: a clear 400, not a silent no."""
+    if body.think not in (None, False, "", "false"):
+        raise BadRequest("thinking is not supported by this model")
+    if body.logprobs or body.top_logprobs:
+        raise BadRequest("logprobs are not supported yet")
+
+
+def to_message(message: wire.Message) -> internal.Message:
+    tool_calls = None
+    if message.tool_calls:
+        tool_calls = [call.model_dump(exclude_none=True) for call in message.tool_calls]
+    return internal.Message(role=message.role, content=message.content, images=decode_images(message.images),
+                            tool_calls=tool_calls, tool_name=message.tool_name, thinking=message.thinking)
+
+
+def to_generate_request(body: wire.GenerateRequest) -> internal.GenerateRequest:
+    check_generation_extras(body)
+    images = decode_images(body.images)
+    # An empty prompt means "load the model", as in Ollama (unless images make it a real request).
+    prompt = body.prompt if body.prompt or images else None
+    return internal.GenerateRequest(
+        model=body.model, prompt=prompt, system=body.system, template=body.template, suffix=body.suffix,
+        raw=body.raw, context=body.context, images=images, format=parse_format(body.format),
+        options=body.options, keep_alive=parse_keep_alive(body.keep_alive))
+
+
+def to_chat_request(body: wire.ChatRequest) -> internal.GenerateRequest:
+    check_generation_extras(body)
+    messages = [to_message(m) for m in body.messages] or None
+    return internal.GenerateRequest(
+        model=body.model, messages=messages, tools=body.tools or None, format=parse_format(body.format),
+        options=body.options, keep_alive=parse_keep_alive(body.keep_alive))
+
+
+# ---- rendering: internal → wire --------------------------------------------------------------------------
+
+
+def done_fields(done: internal.Done) -> dict[str, Any]:
+    """The last object's fields; zero metrics are left out, as Ollama's omitempty does."""
+    fields: dict[str, Any] = {"done": True, "done_reason": done.reason}
+    for name in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
+                 "eval_count", "eval_duration"):
+        value = getattr(done, name)
+        if value:
+            fields[name] = value
+    return fields
+
+
+def error_line(error: LokalError) -> bytes:
+    return ndjson_line({"error": error.message})
+
+
+class GenerateRenderer:
+    def __init__(self, model: str):
+        self.model = model
+
+    def token(self, token: internal.Token) -> bytes:
+        return ndjson_line({"model": self.model, "created_at": now_rfc3339(), "response": token.text, "done": False})
+
+    def final(self, done: internal.Done, text: str) -> dict[str, Any]:
+        body = {"model": self.model, "created_at": now_rfc3339(), "response": text, **done_fields(done)}
+        if done.context:
+            body["context"] = done.context
+        return body
+
+    def done(self, done: internal.Done) -> bytes:
+        return ndjson_line(self.final(done, ""))
+
+    error = staticmethod(error_line)
+
+
+class ChatRenderer:
+    def __init__(self, model: str):
+        self.model = model
+
+    def token(self, token: internal.Token) -> bytes:
+        return ndjson_line({"model": self.model, "created_at": now_rfc3339(),
+                            "message": {"role": "assistant", "content": token.text}, "done": False})
+
+    def final(self, done: internal.Done, text: str) -> dict[str, Any]:
+        return {"model": self.model, "created_at": now_rfc3339(),
+                "message": {"role": "assistant", "content": text}, **done_fields(done)}
+
+    def done(self, done: internal.Done) -> bytes:
+        return ndjson_line(self.final(done, ""))
+
+    error = staticmethod(error_line)
+
+
+async def respond(request: Request, stream: bool, events: AsyncIterator[internal.Event],
+                  renderer: GenerateRenderer | ChatRenderer) -> Response:
+    first = await first_event(request, events)
+    if stream:
+        return streaming_response(render_stream(first, events, renderer), NDJSON)
+    text, done = await until_disconnected(request, collect(first, events))
+    return JSONResponse(renderer.final(done, text))
+
+
+def details_fields(details: Any) -> dict[str, Any]:
+    """A store ModelDetails as the wire's ``details`` object."""
+    family = getattr(details, "family", None) or getattr(details, "architecture", None) or ""
+    return {"parent_model": "", "format": "gguf", "family": family, "families": [family] if family else None,
+            "parameter_size": getattr(details, "parameter_size", None) or "",
+            "quantization_level": getattr(details, "quantization_level", None) or ""}
+
+
+# ---- service --------------------------------------------------------------------------------------------
+
+
+@router.get("/", response_class=PlainTextResponse, tags=["service"])
+@router.head("/", response_class=PlainTextResponse, include_in_schema=False)
+async def root() -> str:
+    return "lokal is running"
+
+
+@router.get("/api/version", response_model=wire.VersionResponse, tags=["service"])
+async def version() -> Response:
+    return JSONResponse({"version": __version__})
+
+
+@router.get("/api/health", response_model=wire.StatusResponse, tags=["service"])
+@router.head("/api/health", include_in_schema=False)
+async def health() -> Response:
+    """Liveness for container HEALTHCHECKs: answers while the event loop is serving."""
+    return JSONResponse({"status": "ok"})
+
+
+# ---- generation -----------------------------------------------------------------------------------------
+
+
+@router.post("/api/generate", response_model=wire.GenerateResponse, tags=["ollama"])
+async def generate(body: wire.GenerateRequest, request: Request) -> Response:
+    """Complete a prompt. Streams NDJSON unless ``stream`` is false."""
+    events = runtime_of(request).generate(to_generate_request(body))
+    return await respond(request, body.stream, events, GenerateRenderer(body.model))
+
+
+@router.post("/api/chat", response_model=wire.ChatResponse, tags=["ollama"])
+async def chat(body: wire.ChatRequest, request: Request) -> Response:
+    """Answer a conversation. Streams NDJSON unless ``stream`` is false."""
+    events = runtime_of(request).generate(to_chat_request(body))
+    return await respond(request, body.stream, events, ChatRenderer(body.model))
+
+
+@router.post("/api/embed", response_model=wire.EmbedResponse, tags=["ollama"])
+async def embed(body: wire.EmbedRequest, request: Request) -> Response:
+    runtime = runtime_of(request)
+    inputs = [body.input] if isinstance(body.input, str) else list(body.input)
+    keep_alive = parse_keep_alive(body.keep_alive)
+    if not inputs:  # Ollama loads the model and answers with no embeddings
+        await until_disconnected(request, runtime.load(body.model, keep_alive))
+        return JSONResponse({"model": body.model, "embeddings": [], "total_duration": 0, "load_duration": 0,
+                             "prompt_eval_count": 0})
+    embed_request = internal.EmbedRequest(model=body.model, input=inputs, truncate=body.truncate,
+                                          dimensions=body.dimensions, options=body.options, keep_alive=keep_alive)
+    result = await until_disconnected(request, runtime.embed(embed_request))
+    return JSONResponse({"model": body.model, "embeddings": result.embeddings,
+                         "total_duration": result.total_duration, "load_duration": result.load_duration,
+                         "prompt_eval_count": result.prompt_eval_count})
+
+
+@router.post("/api/embeddings", response_model=wire.EmbeddingsResponse, tags=["ollama"])
+async def embeddings(body: wire.EmbeddingsRequest, request: Request) -> Response:
+    """The legacy single-text endpoint."""
+    runtime = runtime_of(request)
+    keep_alive = parse_keep_alive(body.keep_alive)
+    if not body.prompt:
+        await until_disconnected(request, runtime.load(body.model, keep_alive))
+        return JSONResponse({"embedding": []})
+    embed_request = internal.EmbedRequest(model=body.model, input=[body.prompt], options=body.options,
+                                          keep_alive=keep_alive)
+    result = await until_disconnected(request, runtime.embed(embed_request))
+    return JSONResponse({"embedding": result.embeddings[0]})
+
+
+# ---- models ---------------------------------------------------------------------------------------------
+
+
+@router.get("/api/ps", response_model=wire.ProcessResponse, tags=["ollama"])
+async def running_models(request: Request) -> Response:
+    models = []
+    for model in runtime_of(request).running():
+        models.append({"name": model.name, "model": model.model, "size": model.size, "digest": model.digest,
+                       "details": details_fields(model.details),
+                       "expires_at": (model.expires_at or FOREVER).isoformat(),
+                       "size_vram": model.size_vram, "context_length": model.context_length})
+    return JSONResponse({"models": models})
+
+
+@router.get("/api/tags", response_model=wire.ListResponse, tags=["ollama"])
+async def list_models(request: Request) -> Response:
+    return JSONResponse({"models": await anyio.to_thread.run_sync(_list_models, runtime_of(request).store)})
+
+
+def _list_models(store: Any) -> list[dict[str, Any]]:
+    from lokal.store.gguf_info import read_details
+
+    models = []
+    for entry in store.list().models:
+        try:
+            details = details_fields(read_details(store.model_path(entry)))
+        except LokalError as exc:  # one broken model must not hide the others
+            log.warning("%s: %s", entry.name.display, exc.message)
+            details = details_fields(None)
+        display = entry.name.display
+        models.append({"name": display, "model": display, "modified_at": entry.modified_at.isoformat(),
+                       "size": entry.size, "digest": entry.digest.removeprefix("sha256:"), "details": details})
+    return models
+
+
+@router.post("/api/show", response_model=wire.ShowResponse, tags=["ollama"])
+async def show(body: wire.ShowRequest, request: Request) -> Response:
+    from lokal.model_info import describe
+
+    description = await anyio.to_thread.run_sync(describe, runtime_of(request).store, body.model)
+    return JSONResponse(description.to_dict())
+
+
+@router.delete("/api/delete", tags=["ollama"])
+async def delete(body: wire.DeleteRequest, request: Request) -> Response:
+    runtime = runtime_of(request)
+    store = runtime.store
+    if not await anyio.to_thread.run_sync(store.exists, body.model):
+        raise ModelNotFound(body.model, f'model "{body.model}" not found')
+    await runtime.unload(body.model)
+    await anyio.to_thread.run_sync(store.remove, body.model)
+    return Response(status_code=200)
+
+
+@router.post("/api/copy", tags=["ollama"])
+async def copy(body: wire.CopyRequest, request: Request) -> Response:
+    await anyio.to_thread.run_sync(runtime_of(request).store.copy, body.source, body.destination)
+    return Response(status_code=200)
+
+
+def progress_fields(progress: Any) -> dict[str, Any]:
+    fields = {"status": progress.status}
+    for name in ("digest", "total", "completed"):
+        value = getattr(progress, name, None)
+        if value is not None:
+            fields[name] = value
+    return fields
+
+
+async def respond_progress(request: Request, stream: bool, make: Callable[[], Iterator[Any]]) -> Response:
+    """Run a synchronous progress iterator (pull, create) in worker threads and forward its events.
+    Errors before the first event get a status; later ones arrive as an ``{"error"}`` line."""
+    events = iterate_in_thread(make)
+    try:
+        first = await until_disconnected(request, anext(events))
+    except StopAsyncIteration:
+        raise LokalError("the operation ended without reporting progress") from None
+    except BaseException:
+        await close_quietly(events)
+        raise
+    if stream:
+        async def lines() -> AsyncIterator[bytes]:
+            try:
+                yield ndjson_line(progress_fields(first))
+                async for progress in events:
+                    yield ndjson_line(progress_fields(progress))
+            except LokalError as exc:
+                yield error_line(exc)
+            except Exception:
+                log.exception("operation failed")
+                yield error_line(LokalError("internal error; see the server log"))
+            finally:
+                await close_quietly(events)
+
+        return streaming_response(lines(), NDJSON)
+
+    async def last_event() -> Any:
+        last = first
+        async for progress in events:
+            last = progress
+        return last
+
+    try:
+        return JSONResponse(progress_fields(await until_disconnected(request, last_event())))
+    finally:
+        await close_quietly(events)
+
+
+async def iterate_in_thread(make: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
+    """Each step of a blocking iterator in a worker thread. Closing this closes that iterator too, so an
+    abandoned pull stops downloading (what it fetched stays for resuming)."""
+    source = _deferred(make)
+    try:
+        async for item in iterate_in_threadpool(source):
+            yield item
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(source.close)
+
+
+def _deferred(make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
+    # Calls make() on the first step, in the worker thread; `yield from` forwards close() to it.
+    yield from make()
+
+
+@router.post("/api/pull", response_model=wire.ProgressResponse, tags=["ollama"])
+async def pull(body: wire.PullRequest, request: Request) -> Response:
+    """Download a model. Streams ``{status, digest, total, completed}`` objects, then ``success``."""
+    from lokal.store.sources import pull as pull_model
+
+    runtime = runtime_of(request)
+    return await respond_progress(request, body.stream, lambda: pull_model(runtime.store, body.model, runtime.settings,
+                                                                           insecure=body.insecure))
+
+
+@router.post("/api/create", response_model=wire.ProgressResponse, tags=["ollama"])
+async def create(body: wire.CreateRequest, request: Request) -> Response:
+    """Make a new model from an existing one (or uploaded GGUF blobs) with new defaults."""
+    from lokal.create import CreateSpec, create_model
+
+    runtime = runtime_of(request)
+    spec = CreateSpec(
+        name=body.model, source=body.from_, files=body.files, adapters=body.adapters, template=body.template,
+        system=body.system, license=body.license, parameters=body.parameters,
+        messages=[{"role": m.role, "content": m.content} for m in body.messages or []], quantize=body.quantize)
+    return await respond_progress(request, body.stream, lambda: create_model(runtime.store, spec))
+
+
+# ---- blobs ----------------------------------------------------------------------------------------------
+
+# Uploads are hashed and written in blocks of this size, off the event loop.
+BLOB_WRITE_BYTES = 4 * 1024 * 1024
+
+
+@router.head("/api/blobs/{digest}", tags=["ollama"])
+async def blob_exists(digest: str, request: Request) -> Response:
+    blobs = runtime_of(request).store.blobs
+    return Response(status_code=200 if blobs.exists(_blob_digest(digest)) else 404)
+
+
+@router.post("/api/blobs/{digest}", status_code=201, tags=["ollama"])
+async def upload_blob(digest: str, request: Request) -> Response:
+    """Store an uploaded file under its sha256 digest (used by create with ``files``)."""
+    blobs = runtime_of(request).store.blobs
+    expected = _blob_digest(digest)
+    if blobs.exists(expected):
+        return Response(status_code=200)
+    hasher = hashlib.sha256()
+    # A fresh temp file (not a resumable partial): a client re-sends an upload from its start.
+    with blobs.writer() as writer:
+        pending = bytearray()
+        async for chunk in request.stream():
+            hasher.update(chunk)
+            pending += chunk
+            if len(pending) >= BLOB_WRITE_BYTES:
+                await anyio.to_thread.run_sync(writer.write, bytes(pending))
+                pending.clear()
+        if pending:
+            await anyio.to_thread.run_sync(writer.write, bytes(pending))
+        if "sha256:" + hasher.hexdigest() != expected:
+            raise BadRequest(f"digest mismatch: the upload's sha256 is {hasher.hexdigest()}, not {digest}")
+        await anyio.to_thread.run_sync(writer.commit)
+    return Response(status_code=201)
+
+
+def _blob_digest(digest: str) -> str:
+    text = digest.strip().lower().replace("sha256-", "sha256:", 1)
+    hex_part = text.removeprefix("sha256:")
+    if not text.startswith("sha256:") or len(hex_part) != 64 or any(c not in "0123456789abcdef" for c in hex_part):
+        raise BadRequest(f"invalid digest {digest!r}: expected sha256:<64 hex digits>")
+    return text

@@ -1,0 +1,294 @@
+"""The OpenAI-compatible API: a translation in front of the same runtime path as the Ollama handlers
+(as Ollama's middleware/openai.go is). Requests become ``GenerateRequest``/``EmbedRequest``; the event
+stream becomes SSE chunks or one completion object; errors become OpenAI error objects (app.py)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import secrets
+import struct
+import time
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Request, Response
+
+from lokal import types as internal
+from lokal.errors import BadRequest, LokalError
+from lokal.server import openai_types as wire
+from lokal.server.ollama_api import parse_keep_alive, runtime_of
+from lokal.server.streaming import (SSE, SSE_DONE, JSONResponse, collect, first_event, render_stream, sse_event,
+                                    streaming_response, until_disconnected)
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+SYSTEM_FINGERPRINT = "fp_lokal"
+
+
+# ---- translation: wire → internal ------------------------------------------------------------------------
+
+
+def sampling_options(body: wire.SamplingFields, max_tokens: int | None) -> dict[str, Any]:
+    """OpenAI's sampling fields as Ollama options, over the ``options`` extension. Unset fields stay unset,
+    so the model's own PARAMETERs apply."""
+    if body.n not in (None, 1):
+        raise BadRequest("n > 1 is not supported: send one request per choice")
+    if body.logit_bias:
+        raise BadRequest("logit_bias is not supported")
+    options = dict(body.options or {})
+    mapped = {"temperature": body.temperature, "top_p": body.top_p, "num_predict": max_tokens,
+              "seed": body.seed, "frequency_penalty": body.frequency_penalty,
+              "presence_penalty": body.presence_penalty}
+    options.update({name: value for name, value in mapped.items() if value is not None})
+    if body.stop is not None:
+        options["stop"] = [body.stop] if isinstance(body.stop, str) else list(body.stop)
+    return options
+
+
+def response_format(value: dict[str, Any] | None) -> internal.Format:
+    if value is None:
+        return None
+    kind = value.get("type")
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        return "json"
+    if kind == "json_schema":
+        schema = (value.get("json_schema") or {}).get("schema")
+        if schema is None:
+            return "json"
+        if not isinstance(schema, dict):
+            raise BadRequest("response_format.json_schema.schema must be a JSON object")
+        return schema
+    raise BadRequest(f"response_format type {kind!r} is not supported (use text, json_object or json_schema)")
+
+
+def content_text_and_images(content: str | list[dict[str, Any]] | None) -> tuple[str, list[bytes] | None]:
+    if content is None or isinstance(content, str):
+        return content or "", None
+    texts: list[str] = []
+    images: list[bytes] = []
+    for part in content:
+        kind = part.get("type")
+        if kind == "text":
+            texts.append(str(part.get("text", "")))
+        elif kind == "image_url":
+            url = (part.get("image_url") or {}).get("url", "")
+            images.append(_data_url_bytes(url))
+        else:
+            raise BadRequest(f"content part type {kind!r} is not supported (use text or image_url)")
+    return "\n".join(texts), images or None
+
+
+def _data_url_bytes(url: str) -> bytes:
+    if not url.startswith("data:") or ";base64," not in url:
+        raise BadRequest("image_url must be a data: URL with base64 content; lokal does not fetch remote images")
+    try:
+        return base64.b64decode(url.split(";base64,", 1)[1], validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("image_url data is not valid base64") from None
+
+
+def to_messages(messages: list[wire.ChatMessage]) -> list[internal.Message]:
+    converted: list[internal.Message] = []
+    tool_names: dict[str, str] = {}  # call id → function name, so tool results can name their tool
+    for message in messages:
+        if message.role == "function" or message.function_call:
+            raise BadRequest("function calling is deprecated and not supported; use tools")
+        if message.audio:
+            raise BadRequest("audio messages are not supported")
+        text, images = content_text_and_images(message.content)
+        tool_calls = None
+        if message.tool_calls:
+            tool_calls = []
+            for call in message.tool_calls:
+                function = call.get("function") or {}
+                arguments = function.get("arguments") or "{}"
+                try:
+                    parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
+                except json.JSONDecodeError:
+                    raise BadRequest(f"tool call arguments are not valid JSON: {arguments!r}") from None
+                tool_calls.append({"function": {"name": function.get("name", ""), "arguments": parsed}})
+                if call.get("id"):
+                    tool_names[call["id"]] = function.get("name", "")
+        role = "system" if message.role == "developer" else message.role
+        tool_name = tool_names.get(message.tool_call_id or "") if role == "tool" else None
+        converted.append(internal.Message(role=role, content=text, images=images, tool_calls=tool_calls,
+                                          tool_name=tool_name))
+    return converted
+
+
+def to_chat_request(body: wire.ChatCompletionRequest) -> internal.GenerateRequest:
+    if body.logprobs or body.top_logprobs:
+        raise BadRequest("logprobs are not supported yet")
+    if body.audio or (body.modalities and set(body.modalities) - {"text"}):
+        raise BadRequest("only text output is supported")
+    if body.functions or body.function_call:
+        raise BadRequest("function calling is deprecated and not supported; use tools")
+    if body.web_search_options is not None or body.moderation is not None:
+        raise BadRequest("web search and moderation are not available on a local server")
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    return internal.GenerateRequest(
+        model=body.model, messages=to_messages(body.messages), tools=body.tools or None,
+        format=response_format(body.response_format), options=sampling_options(body, max_tokens),
+        keep_alive=parse_keep_alive(body.keep_alive))
+
+
+def single_prompt(prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        return prompt[0]
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        raise BadRequest("a list of prompts is not supported: send one request per prompt")
+    raise BadRequest("prompt must be a string (token arrays are not supported)")
+
+
+def to_completion_request(body: wire.CompletionRequest) -> internal.GenerateRequest:
+    if body.best_of not in (None, 1):
+        raise BadRequest("best_of > 1 is not supported")
+    if body.logprobs:
+        raise BadRequest("logprobs are not supported yet")
+    # Completions continue the text as written (raw); fill-in-the-middle needs the model's template.
+    return internal.GenerateRequest(
+        model=body.model, prompt=single_prompt(body.prompt), suffix=body.suffix, raw=body.suffix is None,
+        options=sampling_options(body, body.max_tokens), keep_alive=parse_keep_alive(body.keep_alive))
+
+
+# ---- rendering: internal → wire --------------------------------------------------------------------------
+
+
+def usage(done: internal.Done) -> dict[str, int]:
+    # OpenAI counts the whole prompt; prompt_eval_count leaves out a reused prefix, the context does not.
+    prompt_tokens = len(done.context) - done.eval_count if done.context else done.prompt_eval_count
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": done.eval_count,
+            "total_tokens": prompt_tokens + done.eval_count}
+
+
+def finish_reason(done: internal.Done) -> str:
+    return "length" if done.reason == "length" else "stop"
+
+
+class CompletionRenderer:
+    """Chat completions (``chat=True``) and legacy text completions share everything but the shapes."""
+
+    def __init__(self, model: str, chat: bool, include_usage: bool, prefix: str = ""):
+        self.model = model
+        self.is_chat = chat
+        self.include_usage = include_usage
+        self.prefix = prefix  # echo: the prompt in front of the answer
+        self.id = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
+        self.created = int(time.time())
+        self.object = "chat.completion" if chat else "text_completion"
+
+    def _envelope(self, choices: list[dict[str, Any]], object_name: str) -> dict[str, Any]:
+        return {"id": self.id, "object": object_name, "created": self.created, "model": self.model,
+                "system_fingerprint": SYSTEM_FINGERPRINT, "choices": choices}
+
+    def _chunk_choice(self, text: str, finish: str | None) -> dict[str, Any]:
+        if self.is_chat:
+            return {"index": 0, "delta": {"role": "assistant", "content": text}, "logprobs": None,
+                    "finish_reason": finish}
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+
+    def _chunk(self, text: str, finish: str | None) -> bytes:
+        chunk_object = "chat.completion.chunk" if self.is_chat else "text_completion"
+        return sse_event(self._envelope([self._chunk_choice(text, finish)], chunk_object))
+
+    def token(self, token: internal.Token) -> bytes:
+        if self.prefix:
+            text, self.prefix = self.prefix + token.text, ""
+            return self._chunk(text, None)
+        return self._chunk(token.text, None)
+
+    def done(self, done: internal.Done) -> bytes:
+        out = self._chunk(self.prefix, finish_reason(done))
+        if self.include_usage:
+            chunk_object = "chat.completion.chunk" if self.is_chat else "text_completion"
+            out += sse_event({**self._envelope([], chunk_object), "usage": usage(done)})
+        return out + SSE_DONE
+
+    def error(self, error: LokalError) -> bytes:
+        return sse_event(wire.error_body(error.status, error.message))
+
+    def final(self, done: internal.Done, text: str) -> dict[str, Any]:
+        text = self.prefix + text
+        if self.is_chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                      "finish_reason": finish_reason(done)}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason(done)}
+        return {**self._envelope([choice], self.object), "usage": usage(done)}
+
+
+async def respond(request: Request, stream: bool, generate_request: internal.GenerateRequest,
+                  renderer: CompletionRenderer) -> Response:
+    events = runtime_of(request).generate(generate_request)
+    first = await first_event(request, events)
+    if stream:
+        return streaming_response(render_stream(first, events, renderer), SSE)
+    text, done = await until_disconnected(request, collect(first, events))
+    return JSONResponse(renderer.final(done, text))
+
+
+# ---- routes ---------------------------------------------------------------------------------------------
+
+
+@router.post("/chat/completions", response_model=wire.ChatCompletion)
+async def chat_completions(body: wire.ChatCompletionRequest, request: Request) -> Response:
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    renderer = CompletionRenderer(body.model, chat=True, include_usage=include_usage)
+    return await respond(request, bool(body.stream), to_chat_request(body), renderer)
+
+
+@router.post("/completions", response_model=wire.Completion)
+async def completions(body: wire.CompletionRequest, request: Request) -> Response:
+    generate_request = to_completion_request(body)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    prefix = generate_request.prompt if body.echo else ""
+    renderer = CompletionRenderer(body.model, chat=False, include_usage=include_usage, prefix=prefix or "")
+    return await respond(request, bool(body.stream), generate_request, renderer)
+
+
+@router.post("/embeddings", response_model=wire.EmbeddingList)
+async def embeddings(body: wire.EmbeddingRequest, request: Request) -> Response:
+    if isinstance(body.input, str):
+        inputs = [body.input]
+    elif all(isinstance(item, str) for item in body.input):
+        inputs = list(body.input)  # type: ignore[arg-type]
+    else:
+        raise BadRequest("input must be a string or a list of strings (token arrays are not supported)")
+    if not inputs:
+        raise BadRequest("input must not be empty")
+    embed_request = internal.EmbedRequest(model=body.model, input=inputs, dimensions=body.dimensions,
+                                          options=body.options, keep_alive=parse_keep_alive(body.keep_alive))
+    result = await until_disconnected(request, runtime_of(request).embed(embed_request))
+    data = []
+    for index, vector in enumerate(result.embeddings):
+        encoded: Any = vector
+        if body.encoding_format == "base64":
+            encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+        data.append({"object": "embedding", "index": index, "embedding": encoded})
+    usage = {"prompt_tokens": result.prompt_eval_count, "total_tokens": result.prompt_eval_count}
+    return JSONResponse({"object": "list", "data": data, "model": body.model, "usage": usage})
+
+
+def model_object(entry: Any) -> dict[str, Any]:
+    created = int(entry.modified_at.timestamp()) if entry.modified_at else 0
+    return {"id": entry.name.display, "object": "model", "created": created, "owned_by": entry.name.namespace}
+
+
+@router.get("/models", response_model=wire.ModelList)
+async def list_models(request: Request) -> Response:
+    entries = (await anyio.to_thread.run_sync(runtime_of(request).store.list)).models
+    return JSONResponse({"object": "list", "data": [model_object(entry) for entry in entries]})
+
+
+@router.get("/models/{model:path}", response_model=wire.Model)
+async def get_model(model: str, request: Request) -> Response:
+    from lokal.store.names import ModelName
+
+    entry = await anyio.to_thread.run_sync(runtime_of(request).store.get, ModelName.parse(model))
+    return JSONResponse(model_object(entry))
