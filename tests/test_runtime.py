@@ -169,7 +169,7 @@ def test_unknown_model(store_root):
     async def scenario():
         runtime = make_runtime(store_root)
         try:
-            with pytest.raises(ModelNotFound, match='model "nope:latest" not found, try pulling it first'):
+            with pytest.raises(ModelNotFound, match='model "nope" not found, try pulling it first'):
                 await complete(runtime, "nope")
         finally:
             await runtime.close()

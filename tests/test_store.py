@@ -128,7 +128,7 @@ def test_resolves_an_ollama_store(ollama_models: Path) -> None:
         store.get("smollm2:135m@sha256:" + "0" * 64)
     assert store.exists("registry.ollama.ai/library/smollm2:135m")
     assert not store.exists("smollm2:latest") and not store.exists("smollm2:135m@sha256:" + "0" * 64)
-    with pytest.raises(ModelNotFound, match='model "smollm2:latest" not found'):
+    with pytest.raises(ModelNotFound, match='model "smollm2" not found'):  # named as the user wrote it
         store.get("smollm2")
 
     model_path = store.model_path(entry)

@@ -7,13 +7,18 @@ Field names are Ollama's (``modelfile``, ``parameters``, ``template``, ``system`
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from lokal.errors import LokalError
 from lokal.store.gguf_info import ModelDetails, capabilities, read_details
 from lokal.store.names import ModelName
-from lokal.store.store import Store
+from lokal.store.store import ModelEntry, Store
+from lokal.templates import ChatTemplate
+
+log = logging.getLogger("lokal.models")
 
 # Column where Ollama's parameter values start ("%-30s %v").
 PARAMETER_NAME_WIDTH = 30
@@ -56,12 +61,12 @@ class ModelDescription:
 
 def describe(store: Store, name: str | ModelName) -> ModelDescription:
     """Describe a stored model. Raises ``InvalidModelName`` / ``ModelNotFound`` / ``StoreError``."""
-    model_name = name if isinstance(name, ModelName) else ModelName.parse(name)
-    entry = store.get(model_name)
+    entry = store.get(name)
     model_path = store.model_path(entry)
     details = read_details(model_path)
     template_layer = store.layer_text(entry, "template")
-    template = template_layer if template_layer is not None else (details.chat_template or "")
+    # The template that requests will use: the Modelfile's, the GGUF's, or the fallback for the family.
+    template = ChatTemplate.from_model(details.chat_template, template_layer, architecture=details.architecture).source
     system = store.layer_text(entry, "system") or ""
     license_text = store.layer_text(entry, "license") or details.license or ""
     parameter_values = dict(store.params(entry))
@@ -76,7 +81,7 @@ def describe(store: Store, name: str | ModelName) -> ModelDescription:
         template=template,
         system=system,
         license=license_text,
-        details=_details(details),
+        details=details_fields(details),
         model_info=model_info(details),
         capabilities=list(capabilities(details, template)),
         modified_at=entry.modified_at,
@@ -85,15 +90,35 @@ def describe(store: Store, name: str | ModelName) -> ModelDescription:
     )
 
 
-def _details(details: ModelDetails) -> dict[str, Any]:
+def details_fields(details: ModelDetails | None) -> dict[str, Any]:
+    """GGUF details as Ollama's ``details`` object (/api/show, /api/tags, /api/ps)."""
     return {
         "parent_model": "",
         "format": "gguf",
-        "family": details.family,
-        "families": details.families or None,
-        "parameter_size": details.parameter_size or "",
-        "quantization_level": details.quantization_level or "",
+        "family": details.family if details else "",
+        "families": (details.families or None) if details else None,
+        "parameter_size": (details.parameter_size or "") if details else "",
+        "quantization_level": (details.quantization_level or "") if details else "",
     }
+
+
+def listing_details(store: Store, entry: ModelEntry) -> dict[str, Any]:
+    """The ``details`` of one /api/tags entry (and `lokal list --json`). Like Ollama, read from the
+    manifest's config blob, which is cheap; models whose config lacks them fall back to the GGUF header."""
+    try:
+        config = json.loads(store.blobs.path(entry.manifest.config.digest).read_bytes())
+    except (OSError, ValueError):
+        config = {}
+    if isinstance(config, dict) and config.get("model_family") and config.get("file_type"):
+        family = config["model_family"]
+        return {"parent_model": "", "format": config.get("model_format") or "gguf", "family": family,
+                "families": config.get("model_families") or [family],
+                "parameter_size": config.get("model_type") or "", "quantization_level": config["file_type"]}
+    try:
+        return details_fields(read_details(store.model_path(entry)))
+    except LokalError as exc:  # one broken model must not hide the others
+        log.warning("%s: %s", entry.name.display, exc.message)
+        return details_fields(None)
 
 
 def model_info(details: ModelDetails) -> dict[str, Any]:

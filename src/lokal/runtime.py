@@ -103,7 +103,7 @@ class Runtime:
                 await self.unload(request.model)
                 yield Done(reason="unload", total_duration=time.perf_counter_ns() - started)
                 return
-        entry, defaults = self._defaults(name)
+        entry, defaults = self._defaults(request.model)
         sampling, load = split_options(request.options, defaults.sampling, defaults.load)
         with self._queue_slot():
             model, load_ns = await self._acquire(name, entry, load)
@@ -140,7 +140,7 @@ class Runtime:
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         started = time.perf_counter_ns()
         name = ModelName.parse(request.model)
-        entry, defaults = self._defaults(name)
+        entry, defaults = self._defaults(request.model)
         _, load = split_options(request.options, defaults.sampling, defaults.load)
         if request.dimensions is not None and request.dimensions < 1:
             raise BadRequest("dimensions must be a positive integer")
@@ -215,8 +215,9 @@ class Runtime:
     def _keep_alive(self, requested: float | None) -> float:
         return float(self.settings.keep_alive if requested is None else requested)
 
-    def _defaults(self, name: ModelName) -> tuple[ModelEntry, ModelDefaults]:
-        entry = self.store.get(name)
+    def _defaults(self, model: str) -> tuple[ModelEntry, ModelDefaults]:
+        entry = self.store.get(model)
+        name = entry.name
         params = dict(self.store.params(entry))
         try:
             sampling, load = split_options(params)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Iterator, Protocol
@@ -18,7 +17,7 @@ import typer
 
 from lokal.cli.render import format_show, format_table, human_bytes, human_time, show_pull
 from lokal.config import Settings
-from lokal.errors import BadRequest, ModelNotFound
+from lokal.errors import BadRequest
 from lokal.store.names import ModelName
 
 if TYPE_CHECKING:  # reading GGUF details pulls in numpy: only the commands that need it import it
@@ -66,18 +65,6 @@ class ModelsBackend(Protocol):
     def copy(self, source: str, destination: str) -> None: ...
 
 
-@contextmanager
-def _as_typed(name: str) -> Iterator[None]:
-    """Say "model "x" not found" with the name as the user typed it, as Ollama does (the store says
-    the filled-in form, "x:latest")."""
-    try:
-        yield
-    except ModelNotFound as exc:
-        if exc.message != ModelNotFound(exc.name).message:
-            raise  # a specific message (e.g. a digest mismatch) says more than the name
-        raise ModelNotFound(name) from None
-
-
 class LocalBackend:
     """The store in this process: what every command uses until the CLI talks to a server."""
 
@@ -88,29 +75,17 @@ class LocalBackend:
         self.store = Store(settings.models)
 
     def list(self) -> ListedModels:
+        from lokal.model_info import listing_details
+
         result = self.store.list()
         models = [ListedModel(name=e.name.display, digest=e.digest, size=e.size, modified_at=e.modified_at,
-                              details=self._details(e)) for e in result.models]
+                              details=listing_details(self.store, e)) for e in result.models]
         return ListedModels(models=models, errors=list(result.errors))
-
-    def _details(self, entry: Any) -> dict[str, Any]:
-        """Details from the manifest's config blob (Ollama's image config), as /api/tags reports them;
-        cheap, unlike reading the GGUF header of every model."""
-        try:
-            config = json.loads(self.store.blobs.path(entry.manifest.config.digest).read_bytes())
-        except (OSError, ValueError):
-            config = {}
-        if not isinstance(config, dict):
-            config = {}
-        return {"parent_model": "", "format": config.get("model_format") or "gguf",
-                "family": config.get("model_family") or "", "families": config.get("model_families") or None,
-                "parameter_size": config.get("model_type") or "", "quantization_level": config.get("file_type") or ""}
 
     def describe(self, name: str) -> ModelDescription:
         from lokal.model_info import describe
 
-        with _as_typed(name):
-            return describe(self.store, ModelName.parse(name))
+        return describe(self.store, name)
 
     def exists(self, name: str) -> bool:
         return bool(self.store.exists(ModelName.parse(name)))
@@ -121,13 +96,11 @@ class LocalBackend:
         return pull(self.store, name, self.settings)  # raises on a bad name before any progress
 
     def remove(self, name: str) -> None:
-        with _as_typed(name):
-            self.store.remove(ModelName.parse(name))
+        self.store.remove(name)
 
     def copy(self, source: str, destination: str) -> None:
-        target = ModelName.parse(destination)  # a bad destination fails before the source is looked up
-        with _as_typed(source):
-            self.store.copy(ModelName.parse(source), target)
+        ModelName.parse(destination)  # a bad destination fails before the source is looked up
+        self.store.copy(source, destination)
 
 
 def backend_for(settings: Settings) -> ModelsBackend:

@@ -19,6 +19,7 @@ from lokal import __version__
 from lokal import types as internal
 from lokal.config import parse_duration
 from lokal.errors import BadRequest, LokalError, ModelNotFound
+from lokal.model_info import details_fields, listing_details
 from lokal.server import ollama_types as wire
 from lokal.server.streaming import (NDJSON, JSONResponse, collect, close_quietly, first_event, ndjson_line,
                                     now_rfc3339, render_stream, streaming_response, until_disconnected)
@@ -164,14 +165,6 @@ async def respond(request: Request, stream: bool, events: AsyncIterator[internal
     return JSONResponse(renderer.final(done, text))
 
 
-def details_fields(details: Any) -> dict[str, Any]:
-    """A store ModelDetails as the wire's ``details`` object."""
-    family = getattr(details, "family", None) or getattr(details, "architecture", None) or ""
-    return {"parent_model": "", "format": "gguf", "family": family, "families": [family] if family else None,
-            "parameter_size": getattr(details, "parameter_size", None) or "",
-            "quantization_level": getattr(details, "quantization_level", None) or ""}
-
-
 # ---- service --------------------------------------------------------------------------------------------
 
 
@@ -261,18 +254,12 @@ async def list_models(request: Request) -> Response:
 
 
 def _list_models(store: Any) -> list[dict[str, Any]]:
-    from lokal.store.gguf_info import read_details
-
     models = []
     for entry in store.list().models:
-        try:
-            details = details_fields(read_details(store.model_path(entry)))
-        except LokalError as exc:  # one broken model must not hide the others
-            log.warning("%s: %s", entry.name.display, exc.message)
-            details = details_fields(None)
         display = entry.name.display
         models.append({"name": display, "model": display, "modified_at": entry.modified_at.isoformat(),
-                       "size": entry.size, "digest": entry.digest.removeprefix("sha256:"), "details": details})
+                       "size": entry.size, "digest": entry.digest.removeprefix("sha256:"),
+                       "details": listing_details(store, entry)})
     return models
 
 

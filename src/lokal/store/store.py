@@ -52,6 +52,11 @@ class ListResult:
     errors: list[str] = field(default_factory=list)  # manifests that could not be read, one line each
 
 
+def _as_typed(name: str | ModelName) -> str:
+    """The name as the user wrote it, for messages (Ollama says "x", not "x:latest")."""
+    return name.strip() if isinstance(name, str) else name.display
+
+
 def _as_name(name: str | ModelName) -> ModelName:
     return name if isinstance(name, ModelName) else ModelName.parse(name)
 
@@ -139,7 +144,7 @@ class Store:
         wanted = _as_name(name)
         path = self._find_manifest(wanted)
         if path is None:
-            raise ModelNotFound(wanted.display)
+            raise ModelNotFound(_as_typed(name))
         # The spelling on disk is the one the model was stored under.
         stored_name = ModelName(*path.relative_to(self.manifests_dir).parts)
         try:
@@ -241,7 +246,7 @@ class Store:
             self.get(wanted)  # refuse to remove a name that moved on to another digest
         path = self._find_manifest(wanted)
         if path is None:
-            raise ModelNotFound(wanted.display)
+            raise ModelNotFound(_as_typed(name))
         path.unlink()
         directory = path.parent
         while directory != self.manifests_dir:
