@@ -57,6 +57,7 @@ def assert_all_slots_free(url: str) -> None:
     ("/api/copy", b'{"source": "smollm2"}', 400, "destination is required"),
     ("/api/show", b'{"model": "no-such-model"}', 404, "not found"),
     ("/api/pull", b'{"model": ""}', 400, "model"),
+    ("/api/pull", b'{"model": "/etc/hostname"}', 400, "is a local path"),  # no server-side file reads
     ("/v1/chat/completions", b'{"model": "smollm2", "messages": []}', 400, "messages"),
     ("/v1/embeddings", b'{"model": "smollm2", "input": [[1, 2]]}', 400, "token arrays"),
 ])
@@ -66,6 +67,12 @@ def test_bad_requests_get_a_clear_4xx(live_server, path, body, expected_status, 
     error = answer.json()["error"]
     text = error["message"] if isinstance(error, dict) else error
     assert message in text
+
+
+def test_foundry_download_refuses_server_side_paths(live_server):
+    # Foundry's download answers 200 and reports failure in its body, as Foundry Local does.
+    answer = httpx.post(live_server.url + "/openai/download", json={"model": "/etc/hostname"}, timeout=60)
+    assert answer.json()["success"] is False and "is a local path" in answer.json()["errorMessage"]
 
 
 def test_unknown_routes_and_methods(live_server):

@@ -89,7 +89,8 @@ async def download(body: DownloadRequest, request: Request) -> Response:
     name = body.model if isinstance(body.model, str) else body.model.Name
     if not name:
         raise BadRequest("model name is required")
-    events = iterate_in_thread(lambda: pull_model(runtime.store, name, runtime.settings))
+    events = iterate_in_thread(lambda: pull_model(runtime.store, name, runtime.settings,
+                                                            allow_local_files=False))
 
     async def lines() -> AsyncIterator[bytes]:
         result: dict[str, Any] = {"success": True, "errorMessage": None}

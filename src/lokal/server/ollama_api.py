@@ -360,7 +360,8 @@ async def pull(body: wire.PullRequest, request: Request) -> Response:
 
     runtime = runtime_of(request)
     return await respond_progress(request, body.stream, lambda: pull_model(runtime.store, body.model, runtime.settings,
-                                                                           insecure=body.insecure))
+                                                                           insecure=body.insecure,
+                                                                           allow_local_files=False))
 
 
 @router.post("/api/create", response_model=wire.ProgressResponse, tags=["ollama"])

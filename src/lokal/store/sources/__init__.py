@@ -59,18 +59,25 @@ class Pull(Iterator[Progress]):
 
 
 def pull(store: Store, name: str, settings: Settings, *, insecure: bool = False, target: str | None = None,
-         catalog: Catalog | None = None) -> Pull:
-    return Pull(store, plan_pull(name, settings, insecure=insecure, target=target, catalog=catalog))
+         catalog: Catalog | None = None, allow_local_files: bool = True) -> Pull:
+    return Pull(store, plan_pull(name, settings, insecure=insecure, target=target, catalog=catalog,
+                                 allow_local_files=allow_local_files))
 
 
 def plan_pull(text: str, settings: Settings, *, insecure: bool = False, target: str | None = None,
-              catalog: Catalog | None = None) -> PullPlan:
-    """Which source ``text`` means and which name it will be stored under."""
+              catalog: Catalog | None = None, allow_local_files: bool = True) -> PullPlan:
+    """Which source ``text`` means and which name it will be stored under.
+
+    ``allow_local_files=False`` is for pulls a remote client asks for: a server must not let callers
+    import whatever file the server process can read (upload blobs with /api/blobs instead)."""
     if not isinstance(text, str) or not text.strip():
         raise BadRequest("a model name to pull is required")
     text = text.strip()
     target_name = ModelName.parse(target) if target else None
     if _is_local_path(text):
+        if not allow_local_files:
+            raise BadRequest(f"{text!r} is a local path; the server pulls only by name or URL "
+                             "(use `lokal pull` on the server machine, or upload with /api/blobs and /api/create)")
         path = Path(text).expanduser()
         if not path.is_file():
             raise BadRequest(f"{text} is not a file")
