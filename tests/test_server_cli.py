@@ -110,3 +110,38 @@ def test_processor_and_until_columns():
     assert until(None) == "Forever"
     assert until("9999-12-31T23:59:59+00:00") == "Forever"
     assert until("2000-01-01T00:00:00Z") == "Stopping..."
+
+
+def test_model_commands_go_through_a_running_server(live_server, tmp_path, monkeypatch):
+    """With a server at LOKAL_HOST the CLI is its client: an empty local store does not matter, and what
+    the CLI does shows up in the server."""
+    from lokal.cli import app
+
+    monkeypatch.setenv("LOKAL_HOST", live_server.host)
+    monkeypatch.setenv("LOKAL_MODELS", str(tmp_path / "empty-local-store"))
+    runner = CliRunner()
+
+    listed = runner.invoke(app, ["list"])
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.splitlines()[1].startswith("smollm2:latest")
+    shown = runner.invoke(app, ["show", MODEL])
+    assert shown.exit_code == 0 and "llama" in shown.output and "134.52M" in shown.output
+
+    assert runner.invoke(app, ["cp", MODEL, "via-cli"]).exit_code == 0
+    names = [m["name"] for m in httpx.get(live_server.url + "/api/tags").json()["models"]]
+    assert "via-cli:latest" in names
+    assert runner.invoke(app, ["rm", "via-cli"]).exit_code == 0
+    names = [m["name"] for m in httpx.get(live_server.url + "/api/tags").json()["models"]]
+    assert "via-cli:latest" not in names
+    missing = runner.invoke(app, ["show", "nothere"])
+    assert missing.exit_code == 1 and 'model "nothere" not found' in missing.output
+
+    pulled = runner.invoke(app, ["pull", MODEL])
+    assert pulled.exit_code == 0 and "success" in pulled.output
+
+    httpx.post(live_server.url + "/api/generate", json={"model": MODEL, "keep_alive": 0}, timeout=60)
+    answered = runner.invoke(app, ["run", MODEL, "Say hello.", "--keepalive", "10m"])
+    assert answered.exit_code == 0, answered.output
+    assert answered.output.strip()
+    assert [m["name"] for m in httpx.get(live_server.url + "/api/ps").json()["models"]] == ["smollm2:latest"]
+    assert not (tmp_path / "empty-local-store").exists() or not any((tmp_path / "empty-local-store").iterdir())

@@ -104,7 +104,11 @@ class LocalBackend:
 
 
 def backend_for(settings: Settings) -> ModelsBackend:
-    return LocalBackend(settings)
+    """The running server's models when one answers at LOKAL_HOST, else the store in this process."""
+    from lokal.cli.remote import HttpBackend, server_client
+
+    client = server_client(settings.base_url)
+    return HttpBackend(client) if client is not None else LocalBackend(settings)
 
 
 def _backend() -> ModelsBackend:

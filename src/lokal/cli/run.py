@@ -340,8 +340,6 @@ def run_command(
 ) -> None:
     """Run a model: answer PROMPT, or chat interactively."""
     from lokal.cli.models import backend_for
-    from lokal.engine import set_llama_logging
-    from lokal.llm import LLM
 
     settings = Settings()
     ModelName.parse(model)  # a malformed name fails before anything else
@@ -360,8 +358,7 @@ def run_command(
     backend = backend_for(settings)
     if not backend.exists(model):
         show_pull(backend.pull(model))
-    set_llama_logging(bool(settings.debug))  # llama.cpp's load chatter only when debugging
-    with LLM(model, settings=settings, pull=False, keep_alive=keep_alive) as llm:
+    with _model_for(backend, model, settings, keep_alive) as llm:
         session = ChatSession(llm, format=format or None, is_verbose=verbose, keep_alive=keep_alive)
         if is_interactive:
             llm.chat([], keep_alive=keep_alive)  # load now, so the first answer is not slow and errors show early
@@ -370,6 +367,19 @@ def run_command(
         text = " ".join(words)
         if text.strip() and not session.answer(text):
             raise typer.Exit(130)
+
+
+def _model_for(backend: Any, model: str, settings: Settings, keep_alive: float | None) -> Any:
+    """The running server's model when the CLI talks to one, else the model in this process."""
+    from lokal.cli.remote import HttpBackend, RemoteLLM
+
+    if isinstance(backend, HttpBackend):
+        return RemoteLLM(backend.client, model)
+    from lokal.engine import set_llama_logging
+    from lokal.llm import LLM
+
+    set_llama_logging(bool(settings.debug))  # llama.cpp's load chatter only when debugging
+    return LLM(model, settings=settings, pull=False, keep_alive=keep_alive)
 
 
 def register(app: typer.Typer) -> None:
