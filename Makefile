@@ -16,9 +16,11 @@ install: $(BIN)/python
 install-dev: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 
+# Puts the bundled default model in the store (offline), then serves the Ollama and OpenAI APIs
+# on LOKAL_HOST (127.0.0.1:11434). Ctrl+C stops it.
 serve: install
 	$(BIN)/lokal pull $(DEFAULT_MODEL)
-	$(BIN)/lokal list
+	$(BIN)/lokal serve
 
 # pytest exits 5 when it collects no tests; that is a failure of the suite, not a pass.
 test: install-dev

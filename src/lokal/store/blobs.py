@@ -44,7 +44,7 @@ def normalize_digest(digest: str) -> str:
     return "sha256:" + digest_hex(digest)
 
 
-def _fsync_directory(path: Path) -> None:
+def fsync_directory(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -141,7 +141,7 @@ class BlobWriter:
         else:
             os.replace(self.temp_path, final)
             self._close()
-            _fsync_directory(self._store.root)
+            fsync_directory(self._store.root)
         self.is_committed = True
         return actual
 

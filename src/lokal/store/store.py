@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lokal.errors import InvalidModelName, LokalError, ModelNotFound, StoreError
-from lokal.store.blobs import BlobStore
+from lokal.store.blobs import BlobStore, fsync_directory
 from lokal.store.manifests import Layer, Manifest, media_type_of
 from lokal.store.names import ModelName
 
@@ -67,14 +67,6 @@ def _writable_name(name: str | ModelName) -> ModelName:
         raise InvalidModelName(f"cannot store a model under {parsed.display!r}: the digest is decided by "
                                f"the content, leave it out")
     return parsed
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Store:
@@ -219,7 +211,7 @@ class Store:
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
         return self._read_entry(ModelName(*path.relative_to(self.manifests_dir).parts), path)
 
     def _manifest_path_for(self, name: ModelName) -> Path:
