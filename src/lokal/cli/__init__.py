@@ -46,6 +46,13 @@ class _ErrorsAtTheEdge(TyperGroup):
         except KeyboardInterrupt:
             print(file=sys.stderr)
             raise typer.Exit(130) from None
+        except BrokenPipeError:
+            # The reader went away (`lokal run … | head`): stop quietly, as Unix tools do. Point stdout at
+            # /dev/null so the interpreter's final flush does not complain again.
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(141) from None
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except OSError as exc:  # disk, permissions: the message says it all
