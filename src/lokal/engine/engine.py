@@ -1,0 +1,397 @@
+"""The engine: one loaded model, its own thread, continuous batching over its slots.
+
+Each step is schedule → run → postprocess: the scheduler says which tokens to compute, the runner computes
+them in one ``llama_decode`` and samples, and postprocessing turns tokens into text, applies the stop
+conditions and pushes each request's events to its sink in one call. The thread sleeps on a condition
+variable while there is nothing to do. ``submit``, ``Handle.cancel``, ``embed``, ``stats`` and ``close``
+are safe from any thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
+
+from lokal.engine.detok import Detokenizer
+from lokal.engine.kv import SlotTable
+from lokal.engine.llamacpp import Runner
+from lokal.engine.scheduler import Scheduler
+from lokal.engine.sequence import Sequence as Request
+from lokal.engine.stream import Sink
+from lokal.errors import (
+    BadRequest,
+    Cancelled,
+    ConfigError,
+    ContextOverflow,
+    LokalError,
+    ServerBusy,
+    UnsupportedCapability,
+)
+from lokal.types import Done, DoneReason, Event, SamplingOptions, Token
+
+log = logging.getLogger("lokal.engine")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    num_ctx: int = 4096  # tokens per sequence
+    num_parallel: int = 4  # sequences decoded together (slots)
+    num_batch: int = 512  # most tokens one step computes
+    num_thread: int | None = None  # None: physical cores
+    num_gpu: int = -1  # layers to offload; -1 all
+    use_mmap: bool = True
+    use_mlock: bool = False
+    flash_attention: bool = False
+    embedding: bool = False  # embedding-only use: no generation context at all
+
+    def __post_init__(self) -> None:
+        if self.num_ctx < 16:
+            raise ConfigError("num_ctx must be at least 16")
+        if self.num_parallel < 1:
+            raise ConfigError("num_parallel must be at least 1")
+        if self.num_batch < 1:
+            raise ConfigError("num_batch must be at least 1")
+
+    @property
+    def batch_size(self) -> int:
+        """Tokens one step may compute: num_batch, but at least one per slot so that no stream starves."""
+        return max(self.num_batch, self.num_parallel)
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    num_slots: int
+    num_busy: int  # slots running a request
+    num_free: int
+    num_waiting: int  # requests waiting for a slot
+
+
+class Handle:
+    """What ``submit`` returns: ``cancel()`` ends the request; its slot frees at the next step."""
+
+    def __init__(self, engine: Engine, request: Request):
+        self._engine = engine
+        self._request = request
+
+    @property
+    def request_id(self) -> int:
+        return self._request.request_id
+
+    def cancel(self) -> None:
+        self._engine._cancel(self._request)
+
+
+class Engine:
+    def __init__(self, model_path: str, config: EngineConfig | None = None):
+        self.config = config or EngineConfig()
+        self._wakeup = threading.Condition()
+        self._inbox: list[Request] = []
+        self._cancelled: list[Request] = []
+        self._jobs: list[Callable[[], None]] = []
+        self._is_closing = False
+        self._is_closed = False
+        ready: Future[Runner] = Future()
+        self._thread = threading.Thread(target=self._run, args=(model_path, ready), daemon=True,
+                                        name=f"lokal-engine-{model_path.rsplit('/', 1)[-1]}")
+        self._thread.start()
+        self._runner = ready.result()  # the model loads on the engine thread; a failure raises here
+
+    # ---- model facts ------------------------------------------------------------------------------------
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self._runner.metadata
+
+    @property
+    def n_ctx_train(self) -> int:
+        return self._runner.n_ctx_train
+
+    @property
+    def n_ctx_per_seq(self) -> int:
+        return self.config.num_ctx
+
+    @property
+    def n_vocab(self) -> int:
+        return self._runner.n_vocab
+
+    @property
+    def n_embd(self) -> int:
+        return self._runner.n_embd
+
+    @property
+    def bos(self) -> int | None:
+        return self._runner.bos
+
+    @property
+    def eos(self) -> int | None:
+        return self._runner.eos
+
+    @property
+    def eot(self) -> int | None:
+        return self._runner.eot
+
+    @property
+    def add_bos(self) -> bool:
+        return self._runner.add_bos
+
+    @property
+    def bos_text(self) -> str:
+        return self._special_text(self._runner.bos)
+
+    @property
+    def eos_text(self) -> str:
+        return self._special_text(self._runner.eos)
+
+    def is_eog(self, token: int) -> bool:
+        self._check_ids([token])
+        return self._runner.is_eog(token)
+
+    # ---- vocabulary: safe from any thread ---------------------------------------------------------------
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        return self._runner.tokenize(text, add_special, parse_special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        ids = list(ids)
+        self._check_ids(ids)
+        return self._runner.detokenize(ids)
+
+    def token_piece(self, token: int, special: bool = False) -> bytes:
+        self._check_ids([token])
+        return self._runner.token_piece(token, special)
+
+    # ---- requests ---------------------------------------------------------------------------------------
+
+    def submit(self, tokens: Sequence[int], sampling: SamplingOptions, *, grammar: str | None = None,
+               sink: Sink) -> Handle:
+        """Queue a generation. Events go to ``sink``; bad input raises here, before anything is queued."""
+        if self.config.embedding:
+            raise UnsupportedCapability("this model is loaded for embeddings only")
+        prompt = list(tokens)
+        self._check_tokens(prompt)
+        if len(prompt) >= self.n_ctx_per_seq:
+            raise ContextOverflow(f"the prompt is {len(prompt)} tokens but the context holds "
+                                  f"{self.n_ctx_per_seq}; shorten it or raise num_ctx")
+        if grammar and sampling.ignore_eos:
+            sampling = replace(sampling, ignore_eos=False)  # a grammar says where the output ends
+        sampler = self._runner.new_sampler(sampling, grammar, prompt)
+        request = Request(tokens=prompt, sampling=sampling, sink=sink, sampler=sampler,
+                          detok=Detokenizer(self._runner.output_piece, sampling.stop))
+        handle = Handle(self, request)
+        sink.attach(handle)
+        with self._wakeup:
+            if self._is_closing:
+                self._runner.free_sampler(sampler)
+                raise ServerBusy("the model is being unloaded; try again")
+            self._inbox.append(request)
+            self._wakeup.notify()
+        return handle
+
+    def embed(self, token_lists: Sequence[Sequence[int]], normalize: bool = True) -> list[list[float]]:
+        """One vector per token list, computed on the engine thread between steps (blocks the caller)."""
+        lists = [list(tokens) for tokens in token_lists]
+        for tokens in lists:
+            if not tokens:
+                raise BadRequest("cannot embed an empty input")
+            self._check_tokens(tokens)
+            if len(tokens) > self.config.num_ctx:
+                raise ContextOverflow(f"an input is {len(tokens)} tokens but the context holds {self.config.num_ctx}")
+        if not lists:
+            return []
+        result: Future[list[list[float]]] = Future()
+
+        def job() -> None:
+            try:
+                result.set_result(self._runner.embed(lists, normalize))
+            except BaseException as exc:
+                result.set_exception(exc)
+
+        with self._wakeup:
+            if self._is_closing:
+                raise ServerBusy("the model is being unloaded; try again")
+            self._jobs.append(job)
+            self._wakeup.notify()
+        return result.result()
+
+    def stats(self) -> EngineStats:
+        slots = self._scheduler.slots
+        num_busy = slots.num_busy
+        return EngineStats(num_slots=len(slots.slots), num_busy=num_busy, num_free=len(slots.slots) - num_busy,
+                           num_waiting=len(self._scheduler.waiting) + len(self._inbox))
+
+    @property
+    def num_live_samplers(self) -> int:
+        return self._runner.num_live_samplers
+
+    def close(self) -> None:
+        """Stop the thread, end unfinished requests with ``Cancelled`` and free every C object. Idempotent."""
+        with self._wakeup:
+            self._is_closing = True
+            self._wakeup.notify()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ---- the engine thread ------------------------------------------------------------------------------
+
+    def _run(self, model_path: str, ready: Future[Runner]) -> None:
+        try:
+            runner = Runner(model_path, self.config)
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        self._scheduler = Scheduler(SlotTable(self.config.num_parallel, runner.trim), self.config.batch_size)
+        ready.set_result(runner)
+        reason: BaseException = Cancelled("the model was unloaded before the request finished")
+        try:
+            self._loop(runner)
+        except Exception as exc:  # a bug, not bad input: end every request with it rather than hang them
+            log.exception("engine thread failed")
+            reason = LokalError(f"the engine failed: {exc}")
+        finally:
+            self._shut_down(runner, reason)
+
+    def _loop(self, runner: Runner) -> None:
+        scheduler = self._scheduler
+        while True:
+            with self._wakeup:
+                while not (self._inbox or self._cancelled or self._jobs or self._is_closing or scheduler.has_work):
+                    self._wakeup.wait()
+                if self._is_closing:
+                    return
+                new, self._inbox = self._inbox, []
+                cancelled, self._cancelled = self._cancelled, []
+                jobs, self._jobs = self._jobs, []
+            for request in new:
+                scheduler.add(request)
+            for request in cancelled:
+                self._end(request, error=Cancelled())
+            for job in jobs:
+                job()
+            if scheduler.has_work:
+                self._step(runner)
+
+    def _step(self, runner: Runner) -> None:
+        plan = self._scheduler.plan()
+        if not plan.chunks:
+            return
+        started = time.perf_counter_ns()
+        try:
+            sampled = runner.decode(plan.chunks)
+        except LokalError as exc:
+            for chunk in plan.chunks:
+                chunk.seq.num_computed = 0  # the KV state of a failed decode is unknown: drop the slot's cache
+                self._end(chunk.seq, error=exc)
+            return
+        elapsed = time.perf_counter_ns() - started
+        next_sampled = iter(sampled)
+        for chunk in plan.chunks:
+            request = chunk.seq
+            request.num_computed = chunk.end
+            if chunk.is_prefill:
+                request.prompt_eval_ns += elapsed
+            else:
+                request.eval_ns += elapsed
+            if chunk.needs_sample:
+                self._postprocess(request, next(next_sampled))
+
+    def _postprocess(self, request: Request, token: int) -> None:
+        request.num_generated += 1
+        reason: DoneReason | None = None
+        text = ""
+        if self._runner.is_eog(token):  # never sampled under ignore_eos: the sampler bans it
+            reason = "stop"
+        else:
+            request.tokens.append(token)
+            request.pending_ids.append(token)
+            text = request.detok.add(token)
+            num_predict = request.sampling.num_predict
+            if request.detok.is_stopped:
+                reason = "stop"
+            elif 0 < num_predict <= request.num_generated or request.num_tokens >= self.n_ctx_per_seq:
+                reason = "length"
+        if reason is not None and not request.detok.is_stopped:
+            text += request.detok.flush()
+        events: list[Event] = []
+        if text:  # ids whose text is held back (half a character, maybe a stop) wait for it
+            events.append(Token(text, request.pending_ids))
+            request.pending_ids = []
+        if reason is not None:
+            request.done_reason = reason
+            events.append(self._done(request, reason))
+        if events and not self._push(request, events):
+            return
+        if reason is not None:
+            self._end(request)
+
+    def _done(self, request: Request, reason: DoneReason) -> Done:
+        return Done(reason=reason, prompt_eval_count=request.num_prompt_evaluated,
+                    prompt_eval_duration=request.prompt_eval_ns, eval_count=request.num_generated,
+                    eval_duration=request.eval_ns, total_duration=time.perf_counter_ns() - request.submitted_ns,
+                    context=list(request.tokens))
+
+    def _push(self, request: Request, events: list[Event]) -> bool:
+        try:
+            request.sink.push(events)
+            return True
+        except Exception:  # the consumer is gone (e.g. its event loop closed): nothing left to deliver to
+            self._end(request)
+            return False
+
+    def _end(self, request: Request, error: BaseException | None = None) -> None:
+        """Take a request out for good: free its slot (keeping the KV it computed) and its sampler."""
+        if request.is_finished:
+            return
+        request.is_finished = True
+        self._scheduler.finish(request)
+        self._runner.free_sampler(request.sampler)
+        if error is not None:
+            try:
+                request.sink.fail(error)
+            except Exception:
+                pass
+
+    def _cancel(self, request: Request) -> None:
+        with self._wakeup:
+            if request.is_finished or request.is_cancel_requested or self._is_closed:
+                return
+            request.is_cancel_requested = True
+            self._cancelled.append(request)
+            self._wakeup.notify()
+
+    def _shut_down(self, runner: Runner, reason: BaseException) -> None:
+        with self._wakeup:
+            self._is_closing = self._is_closed = True
+            leftover = self._inbox + list(self._scheduler.waiting) + list(self._scheduler.running)
+            jobs, self._inbox, self._jobs = self._jobs, [], []
+        for request in leftover:
+            self._end(request, error=reason)
+        for job in jobs:
+            job()  # fails cleanly: the runner is still open; let embed callers finish
+        runner.close()
+
+    def _check_tokens(self, tokens: list[int]) -> None:
+        if not tokens:
+            raise BadRequest("the prompt has no tokens")
+        self._check_ids(tokens)
+
+    def _check_ids(self, ids: list[int]) -> None:
+        # llama.cpp looks token ids up unchecked (or throws through C): an unknown id would crash the process.
+        if not all(isinstance(token, int) for token in ids):
+            raise BadRequest("token ids must be integers")
+        if ids and (min(ids) < 0 or max(ids) >= self._runner.n_vocab):
+            raise BadRequest(f"token ids must be between 0 and {self._runner.n_vocab - 1}")
+
+    def _special_text(self, token: int | None) -> str:
+        if token is None:
+            return ""
+        return self._runner.token_piece(token, special=True).decode("utf-8", errors="replace")

@@ -1,0 +1,454 @@
+"""Runner for GGUF models: the only module that calls llama.cpp (llama-cpp-python's low-level ctypes API).
+
+It owns the model, one llama context for generation (``n_seq_max = num_parallel`` sequences over one
+unified KV cache), one preallocated batch, every sampler chain, and, created on first use, a second
+small context for embeddings. The engine thread makes every call except those that only read the
+vocabulary (tokenize, detokenize, token pieces, building a sampler chain); llama.cpp's vocabulary is
+immutable after load and its tokenizer keeps per-call state, so those are safe from any thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import llama_cpp as llama
+import numpy as np
+
+from lokal.config import physical_cores
+from lokal.errors import BadRequest, LokalError, ModelLoadError
+from lokal.types import SamplingOptions
+
+if TYPE_CHECKING:
+    from lokal.engine.engine import EngineConfig
+    from lokal.engine.scheduler import Chunk
+
+EMBED_SEQS_PER_BATCH = 8
+_MIN_EMBED_CONTEXT = 512
+
+
+@llama.llama_log_callback
+def _discard_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    return None
+
+
+def set_llama_logging(enabled: bool) -> None:
+    """llama.cpp's own log lines (many per load, a few per decode): on stderr when enabled, else dropped."""
+    if enabled:
+        from llama_cpp._logger import llama_log_callback, set_verbose
+
+        set_verbose(True)
+        llama.llama_log_set(llama_log_callback, ctypes.c_void_p(0))
+    else:
+        llama.llama_log_set(_discard_log, ctypes.c_void_p(0))
+
+
+def extra_buffers_are_safe() -> bool:
+    # ggml's AMX buffer type faults (ldtilecfg) in VMs that advertise AMX without letting guests use tiles;
+    # extra buffer types are a speed-up, never required, so leave them off wherever AMX is claimed.
+    return b"AMX_INT8 = 1" not in llama.llama_print_system_info()
+
+
+def _load_mode(use_mmap: bool, use_mlock: bool) -> int:
+    if use_mmap:
+        return llama.LLAMA_LOAD_MODE_MMAP_MLOCK if use_mlock else llama.LLAMA_LOAD_MODE_MMAP
+    return llama.LLAMA_LOAD_MODE_MLOCK if use_mlock else llama.LLAMA_LOAD_MODE_NONE
+
+
+class Runner:
+    def __init__(self, model_path: str, config: EngineConfig):
+        if not os.path.isfile(model_path):
+            raise ModelLoadError(f"model file not found: {model_path}")
+        self.config = config
+        self.num_threads = config.num_thread or physical_cores()
+        self._model = None
+        self._ctx = None
+        self._batch: llama.llama_batch | None = None
+        self._embed_ctx = None
+        self._embed_batch: llama.llama_batch | None = None
+        self._embed_size = 0
+        self._samplers: dict[int, Sampler] = {}  # live ones by id
+        self._candidates: llama.llama_token_data_array | None = None  # for grammar requests, made on first use
+        self._samplers_lock = threading.Lock()
+        self._pieces: dict[int, bytes] = {}
+        self._special_pieces: dict[int, bytes] = {}
+
+        params = llama.llama_model_default_params()
+        params.n_gpu_layers = config.num_gpu
+        params.load_mode = _load_mode(config.use_mmap, config.use_mlock)
+        params.use_extra_bufts = extra_buffers_are_safe()
+        self._model = llama.llama_model_load_from_file(model_path.encode(), params)
+        if not self._model:
+            raise ModelLoadError(f"llama.cpp could not load {model_path} (not a GGUF model it supports?)")
+        self._vocab = llama.llama_model_get_vocab(self._model)
+        self.n_vocab = llama.llama_vocab_n_tokens(self._vocab)
+        self.n_embd = llama.llama_model_n_embd(self._model)
+        self.n_ctx_train = llama.llama_model_n_ctx_train(self._model)
+        self.metadata = self._read_metadata()
+        self.bos = self._special(llama.llama_vocab_bos(self._vocab))
+        self.eos = self._special(llama.llama_vocab_eos(self._vocab))
+        self.eot = self._special(llama.llama_vocab_eot(self._vocab))
+        self.add_bos = bool(llama.llama_vocab_get_add_bos(self._vocab))
+        # Every end-of-generation token (EOS, EOT, end-of-turn, …), for ignore_eos to ban.
+        self.eog_ids = [t for t in range(self.n_vocab) if llama.llama_vocab_is_eog(self._vocab, t)]
+        if not config.embedding:
+            self._open_generation_context()
+
+    # ---- vocabulary (safe from any thread) ------------------------------------------------------------
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        for _ in range(2):
+            buffer = (llama.llama_token * capacity)()
+            n = llama.llama_tokenize(self._vocab, data, len(data), buffer, capacity, add_special, parse_special)
+            if n >= 0:
+                return buffer[:n]
+            capacity = -n
+        raise LokalError(f"tokenizing {len(data)} bytes failed")
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """The inverse of ``tokenize``: control tokens written out, the BOS/EOS the model adds dropped."""
+        if not ids:
+            return ""
+        tokens = (llama.llama_token * len(ids))(*ids)
+        capacity = len(ids) * 8 + 16
+        for _ in range(2):
+            buffer = ctypes.create_string_buffer(capacity)
+            n = llama.llama_detokenize(self._vocab, tokens, len(ids), buffer, capacity, True, True)
+            if n >= 0:
+                return buffer.raw[:n].decode("utf-8", errors="replace")
+            capacity = -n
+        raise LokalError(f"detokenizing {len(ids)} tokens failed")
+
+    def token_piece(self, token: int, special: bool = False) -> bytes:
+        """Bytes of one token, possibly part of a UTF-8 character. Control tokens are empty unless ``special``."""
+        cache = self._special_pieces if special else self._pieces
+        piece = cache.get(token)
+        if piece is None:
+            buffer = ctypes.create_string_buffer(64)
+            n = llama.llama_token_to_piece(self._vocab, token, buffer, 64, 0, special)
+            if n < 0:
+                buffer = ctypes.create_string_buffer(-n)
+                n = llama.llama_token_to_piece(self._vocab, token, buffer, -n, 0, special)
+            piece = cache[token] = buffer.raw[:n]
+        return piece
+
+    def output_piece(self, token: int) -> bytes:
+        """A generated token as the output shows it: control tokens written out (as Ollama does), so that
+        stop strings such as ``<|im_start|>`` can match them; end-of-generation tokens never get here."""
+        return self.token_piece(token, special=True)
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama.llama_vocab_is_eog(self._vocab, token))
+
+    # ---- sampler chains ---------------------------------------------------------------------------------
+
+    def new_sampler(self, sampling: SamplingOptions, grammar: str | None = None,
+                    history: Sequence[int] = ()) -> Sampler:
+        """C samplers for one request: penalties → [grammar] → top_k → typical → top_p → min_p → temp →
+        dist(seed), or greedy at temperature 0. ``history`` (the prompt) primes the penalties."""
+        params = llama.llama_sampler_chain_default_params()
+        params.no_perf = True
+        sampler = Sampler(llama.llama_sampler_chain_init(params))
+        try:
+            if grammar:
+                sampler.grammar = llama.llama_sampler_init_grammar(self._vocab, grammar.encode("utf-8"), b"root")
+                if not sampler.grammar:
+                    raise BadRequest("format: llama.cpp could not compile the grammar for it")
+            self._fill_chain(sampler.chain, sampling, history)
+        except BaseException:
+            _free_sampler(sampler)
+            raise
+        with self._samplers_lock:
+            self._samplers[id(sampler)] = sampler
+        return sampler
+
+    def free_sampler(self, sampler: Sampler) -> None:
+        """Free a request's samplers once; later calls (and ones ``close`` already freed) are no-ops."""
+        with self._samplers_lock:
+            if self._samplers.pop(id(sampler), None) is None:
+                return
+        _free_sampler(sampler)
+
+    @property
+    def num_live_samplers(self) -> int:
+        return len(self._samplers)
+
+    def _fill_chain(self, chain: object, sampling: SamplingOptions, history: Sequence[int]) -> None:
+        add = llama.llama_sampler_chain_add
+        if sampling.ignore_eos:
+            eogs = self.eog_ids
+            biases = (llama.llama_logit_bias * len(eogs))(*[(t, -math.inf) for t in eogs])
+            add(chain, llama.llama_sampler_init_logit_bias(self.n_vocab, len(eogs), biases))
+        has_penalties = sampling.repeat_last_n != 0 and (
+            sampling.repeat_penalty != 1.0 or sampling.frequency_penalty != 0.0 or sampling.presence_penalty != 0.0)
+        if has_penalties:
+            last_n = self.config.num_ctx if sampling.repeat_last_n < 0 else sampling.repeat_last_n
+            penalties = llama.llama_sampler_init_penalties(
+                self.n_vocab, last_n, sampling.repeat_penalty, sampling.frequency_penalty, sampling.presence_penalty)
+            for token in history[-last_n:]:
+                llama.llama_sampler_accept(penalties, token)
+            add(chain, penalties)
+        if sampling.temperature <= 0:
+            add(chain, llama.llama_sampler_init_greedy())
+            return
+        if sampling.top_k > 0:
+            add(chain, llama.llama_sampler_init_top_k(sampling.top_k))
+        if sampling.typical_p < 1.0:
+            add(chain, llama.llama_sampler_init_typical(sampling.typical_p, 1))
+        if sampling.top_p < 1.0:
+            add(chain, llama.llama_sampler_init_top_p(sampling.top_p, 1))
+        if sampling.min_p > 0.0:
+            add(chain, llama.llama_sampler_init_min_p(sampling.min_p, 1))
+        add(chain, llama.llama_sampler_init_temp(sampling.temperature))
+        seed = llama.LLAMA_DEFAULT_SEED if sampling.seed < 0 else sampling.seed & 0xFFFFFFFF
+        add(chain, llama.llama_sampler_init_dist(seed))
+
+    def _sample(self, sampler: Sampler, index: int) -> int:
+        """The next token from the logits of batch position ``index``; the samplers accept it."""
+        if sampler.grammar is None:
+            return llama.llama_sampler_sample(sampler.chain, self._ctx, index)
+        # Checking a grammar against every token of the vocabulary costs far more than a decode step, so do
+        # as llama.cpp's own sampler does: sample without it, and only when the grammar rejects that token,
+        # sample again with the grammar applied to all candidates.
+        candidates = self._candidates_from_logits(index)
+        llama.llama_sampler_apply(sampler.chain, ctypes.byref(candidates))
+        token = candidates.data[candidates.selected].id
+        if not self._grammar_allows(sampler.grammar, token):
+            candidates = self._candidates_from_logits(index)
+            llama.llama_sampler_apply(sampler.grammar, ctypes.byref(candidates))
+            llama.llama_sampler_apply(sampler.chain, ctypes.byref(candidates))
+            token = candidates.data[candidates.selected].id
+            if not self._grammar_allows(sampler.grammar, token):  # llama.cpp aborts the process on accepting it
+                raise LokalError("the format's grammar allows no token here")
+        llama.llama_sampler_accept(sampler.grammar, token)
+        llama.llama_sampler_accept(sampler.chain, token)
+        return token
+
+    def _candidates_from_logits(self, index: int) -> llama.llama_token_data_array:
+        if self._candidates is None:
+            self._candidate_rows = np.zeros(self.n_vocab, dtype=[("id", np.int32), ("logit", np.float32),
+                                                                 ("p", np.float32)])
+            self._candidate_ids = np.arange(self.n_vocab, dtype=np.int32)
+            self._candidates = llama.llama_token_data_array(
+                data=self._candidate_rows.ctypes.data_as(llama.llama_token_data_p))
+        rows = self._candidate_rows
+        rows["id"] = self._candidate_ids
+        rows["logit"] = np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx, index), shape=(self.n_vocab,))
+        rows["p"] = 0.0
+        candidates = self._candidates
+        candidates.size, candidates.selected, candidates.sorted = self.n_vocab, -1, False
+        return candidates
+
+    def _grammar_allows(self, grammar: object, token: int) -> bool:
+        single = llama.llama_token_data(token, 1.0, 0.0)
+        one = llama.llama_token_data_array(data=ctypes.pointer(single), size=1, selected=-1, sorted=False)
+        llama.llama_sampler_apply(grammar, ctypes.byref(one))
+        return not math.isinf(single.logit)
+
+    # ---- generation (engine thread) ---------------------------------------------------------------------
+
+    def _open_generation_context(self) -> None:
+        config = self.config
+        params = self._context_params(n_ctx=config.num_ctx * config.num_parallel, n_batch=config.batch_size,
+                                      n_seq_max=config.num_parallel)
+        params.flash_attn_type = (llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if config.flash_attention
+                                  else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        self._ctx = llama.llama_init_from_model(self._model, params)
+        if not self._ctx:
+            self.close()
+            raise ModelLoadError(f"llama.cpp could not create a context of {params.n_ctx} tokens")
+        self._memory = llama.llama_get_memory(self._ctx)
+        self._batch = llama.llama_batch_init(config.batch_size, 0, 1)
+        # Views over the batch's C arrays, so a step fills whole runs with one slice assignment.
+        size = config.batch_size
+        self._batch_tokens = ctypes.cast(self._batch.token, ctypes.POINTER(llama.llama_token * size)).contents
+        self._batch_pos = ctypes.cast(self._batch.pos, ctypes.POINTER(llama.llama_pos * size)).contents
+        self._batch_logits = ctypes.cast(self._batch.logits, ctypes.POINTER(ctypes.c_int8 * size)).contents
+        self._batch_seq_ids = self._batch.seq_id
+        self._no_logits = [0] * size
+        for i in range(size):
+            self._batch.n_seq_id[i] = 1
+
+    def _context_params(self, n_ctx: int, n_batch: int, n_seq_max: int) -> llama.llama_context_params:
+        params = llama.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = min(n_batch, 512)
+        params.n_seq_max = n_seq_max
+        params.kv_unified = True
+        params.n_threads = params.n_threads_batch = self.num_threads
+        params.no_perf = True
+        return params
+
+    def decode(self, chunks: Sequence[Chunk]) -> list[int]:
+        """Compute one step's chunks in one llama_decode; sample the chunks that reach their sequence's
+        last token (in plan order) and return those tokens. llama_sampler_sample also accepts the token."""
+        if self._ctx is None:
+            raise LokalError("this model is loaded for embeddings only")
+        tokens, positions, logits = self._batch_tokens, self._batch_pos, self._batch_logits
+        seq_ids = self._batch_seq_ids
+        to_sample: list[tuple[Sampler, int]] = []
+        n = 0
+        for chunk in chunks:
+            seq = chunk.seq
+            end = n + chunk.end - chunk.start
+            tokens[n:end] = seq.tokens[chunk.start:chunk.end]
+            positions[n:end] = range(chunk.start, chunk.end)
+            logits[n:end] = self._no_logits[:end - n]
+            slot = seq.slot
+            for i in range(n, end):
+                seq_ids[i][0] = slot
+            if chunk.needs_sample:
+                logits[end - 1] = 1
+                to_sample.append((seq.sampler, end - 1))
+            n = end
+        self._batch.n_tokens = n
+        status = llama.llama_decode(self._ctx, self._batch)
+        if status != 0:
+            raise LokalError(f"llama_decode failed with status {status} on a batch of {n} tokens")
+        return [self._sample(sampler, index) for sampler, index in to_sample]
+
+    def trim(self, slot: int, keep: int) -> int:
+        """Drop slot ``slot``'s KV from position ``keep`` on; returns how many positions stay cached."""
+        memory = self._memory
+        if keep > 0 and llama.llama_memory_seq_pos_min(memory, slot) > 0:
+            keep = 0  # a sliding-window cache already dropped early positions: the prefix is incomplete
+        if not llama.llama_memory_seq_rm(memory, slot, keep, -1):
+            llama.llama_memory_seq_rm(memory, slot, -1, -1)
+            keep = 0
+        return keep
+
+    # ---- embeddings (engine thread) ---------------------------------------------------------------------
+
+    def embed(self, token_lists: Sequence[Sequence[int]], normalize: bool = True) -> list[list[float]]:
+        """One vector per token list, pooled as the model says (mean for decoder models that don't say)."""
+        self._open_embedding_context(max(len(tokens) for tokens in token_lists))
+        vectors: list[list[float]] = []
+        group: list[Sequence[int]] = []
+        num_tokens = 0
+        for tokens in token_lists:
+            if group and (num_tokens + len(tokens) > self._embed_size or len(group) == EMBED_SEQS_PER_BATCH):
+                vectors += self._embed_group(group)
+                group, num_tokens = [], 0
+            group.append(tokens)
+            num_tokens += len(tokens)
+        vectors += self._embed_group(group)
+        return [_normalized(v) for v in vectors] if normalize else vectors
+
+    def _open_embedding_context(self, longest: int) -> None:
+        # A context of its own: embeddings need pooling (fixed when a context is made) and every token of a
+        # sequence in one micro-batch, and must not disturb the generation slots' cached prefixes.
+        if longest <= self._embed_size:
+            return
+        self._close_embedding_context()
+        size = min(max(_MIN_EMBED_CONTEXT, -(-longest // 256) * 256), max(self.config.num_ctx, longest))
+        params = self._context_params(n_ctx=size, n_batch=size, n_seq_max=EMBED_SEQS_PER_BATCH)
+        params.n_ubatch = size
+        params.embeddings = True
+        arch = self.metadata.get("general.architecture", "")
+        has_own_pooling = f"{arch}.pooling_type" in self.metadata
+        params.pooling_type = llama.LLAMA_POOLING_TYPE_UNSPECIFIED if has_own_pooling else llama.LLAMA_POOLING_TYPE_MEAN
+        self._embed_ctx = llama.llama_init_from_model(self._model, params)
+        if not self._embed_ctx:
+            raise ModelLoadError(f"llama.cpp could not create an embedding context of {size} tokens")
+        self._embed_batch = llama.llama_batch_init(size, 0, 1)
+        self._embed_size = size
+
+    def _embed_group(self, group: Sequence[Sequence[int]]) -> list[list[float]]:
+        batch = self._embed_batch
+        n = 0
+        for seq_id, tokens in enumerate(group):
+            for position, token in enumerate(tokens):
+                batch.token[n] = token
+                batch.pos[n] = position
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = seq_id
+                batch.logits[n] = 1
+                n += 1
+        batch.n_tokens = n
+        memory = llama.llama_get_memory(self._embed_ctx)
+        if memory:
+            llama.llama_memory_clear(memory, True)
+        status = llama.llama_decode(self._embed_ctx, batch)
+        if status != 0:
+            raise LokalError(f"llama_decode failed with status {status} while embedding")
+        vectors = []
+        for seq_id in range(len(group)):
+            pooled = llama.llama_get_embeddings_seq(self._embed_ctx, seq_id)
+            if not pooled:
+                raise LokalError("llama.cpp returned no pooled embedding for this model")
+            vectors.append(pooled[:self.n_embd])
+        return vectors
+
+    def _close_embedding_context(self) -> None:
+        if self._embed_batch is not None:
+            llama.llama_batch_free(self._embed_batch)
+            self._embed_batch = None
+        if self._embed_ctx:
+            llama.llama_free(self._embed_ctx)
+            self._embed_ctx = None
+        self._embed_size = 0
+
+    # ---- lifetime ---------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Free every C object, samplers first and the model last. Idempotent."""
+        with self._samplers_lock:
+            samplers, self._samplers = list(self._samplers.values()), {}
+        for sampler in samplers:
+            _free_sampler(sampler)
+        self._close_embedding_context()
+        if self._batch is not None:
+            llama.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            llama.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            llama.llama_model_free(self._model)
+            self._model = None
+
+    def _special(self, token: int) -> int | None:
+        return None if token == llama.LLAMA_TOKEN_NULL else token
+
+    def _read_metadata(self) -> dict[str, str]:
+        """Every GGUF key/value, values as llama.cpp prints them (long arrays abbreviated)."""
+        return {_read_string(llama.llama_model_meta_key_by_index, self._model, i):
+                _read_string(llama.llama_model_meta_val_str_by_index, self._model, i)
+                for i in range(llama.llama_model_meta_count(self._model))}
+
+
+@dataclass(eq=False)
+class Sampler:
+    """One request's C samplers: a chain, and a grammar kept apart from it (see ``Runner._sample``)."""
+
+    chain: object
+    grammar: object | None = None
+
+
+def _free_sampler(sampler: Sampler) -> None:
+    llama.llama_sampler_free(sampler.chain)
+    if sampler.grammar:
+        llama.llama_sampler_free(sampler.grammar)
+
+
+def _read_string(getter: Callable[[object, int, ctypes.Array, int], int], model: object, index: int) -> str:
+    """A C string from a llama.cpp getter that returns the length it needs (snprintf style)."""
+    size = 256
+    while True:
+        buffer = ctypes.create_string_buffer(size)
+        needed = getter(model, index, buffer, size)
+        if needed < size:
+            return buffer.value.decode("utf-8", errors="replace")
+        size = needed + 1
+
+
+def _normalized(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in vector))
+    return [x / norm for x in vector] if norm > 0 else vector

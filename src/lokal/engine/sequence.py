@@ -1,0 +1,58 @@
+"""One request's state inside the engine: its tokens, how many are computed, its sampler and its stats."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from itertools import count
+from typing import TYPE_CHECKING, Any
+
+from lokal.engine.detok import Detokenizer
+from lokal.types import DoneReason, SamplingOptions
+
+if TYPE_CHECKING:
+    from lokal.engine.stream import Sink
+
+_request_ids = count(1)
+
+
+@dataclass(eq=False)
+class Sequence:
+    tokens: list[int]  # prompt, then every generated token except an end-of-generation one
+    sampling: SamplingOptions
+    sink: Sink
+    detok: Detokenizer
+    sampler: Any  # the runner's handle for this request's C sampler chain; the runner frees it
+    num_prompt_tokens: int = 0
+    request_id: int = field(default_factory=lambda: next(_request_ids))
+    slot: int | None = None
+    num_computed: int = 0  # tokens whose KV is in the slot (reused or computed here)
+    num_reused: int = 0  # prompt tokens that prefix reuse saved
+    num_generated: int = 0  # sampled tokens, an end-of-generation one included (Ollama's eval_count)
+    pending_ids: list[int] = field(default_factory=list)  # generated ids whose text is not out yet
+    done_reason: DoneReason | None = None  # set when it ends normally
+    is_finished: bool = False  # it left the engine: done, cancelled or failed
+    is_cancel_requested: bool = False
+    submitted_ns: int = field(default_factory=time.perf_counter_ns)
+    prompt_eval_ns: int = 0
+    eval_ns: int = 0
+
+    def __post_init__(self) -> None:
+        self.num_prompt_tokens = len(self.tokens)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def num_uncomputed(self) -> int:
+        return len(self.tokens) - self.num_computed
+
+    @property
+    def is_prefilling(self) -> bool:
+        return self.num_computed < self.num_prompt_tokens
+
+    @property
+    def num_prompt_evaluated(self) -> int:
+        """Prompt tokens actually computed for this request (Ollama's prompt_eval_count)."""
+        return self.num_prompt_tokens - self.num_reused

@@ -1,0 +1,189 @@
+"""Scheduler and slot table without a model: budgets, FIFO admission, chunked prefill, prefix reuse."""
+
+from __future__ import annotations
+
+import pytest
+
+from lokal.engine.detok import Detokenizer
+from lokal.engine.kv import SlotTable, common_prefix_length
+from lokal.engine.scheduler import Scheduler, StepPlan
+from lokal.engine.sequence import Sequence
+from lokal.types import SamplingOptions
+
+
+class RecordingTrim:
+    """Stands in for the runner's KV trim: records calls and keeps what it is asked to keep."""
+
+    def __init__(self):
+        self.calls: list[tuple[int, int]] = []
+
+    def __call__(self, slot: int, keep: int) -> int:
+        self.calls.append((slot, keep))
+        return keep
+
+
+def make_seq(tokens: list[int]) -> Sequence:
+    return Sequence(tokens=list(tokens), sampling=SamplingOptions(), sink=None, sampler=None,
+                    detok=Detokenizer(lambda token: b""))
+
+
+def make_scheduler(num_slots: int = 2, num_batch: int = 8) -> Scheduler:
+    return Scheduler(SlotTable(num_slots, RecordingTrim()), num_batch)
+
+
+def run_plan(plan: StepPlan, next_token: int = 7) -> None:
+    """What the engine does after a decode: advance counters; sequences at their end get a token."""
+    for chunk in plan.chunks:
+        sampled = chunk.needs_sample
+        chunk.seq.num_computed = chunk.end
+        if sampled:
+            chunk.seq.tokens.append(next_token)
+
+
+def test_a_lone_short_prompt_is_prefilled_in_one_step_then_decoded_one_token_at_a_time():
+    scheduler = make_scheduler()
+    seq = make_seq([1, 2, 3])
+    scheduler.add(seq)
+    plan = scheduler.plan()
+    assert [(c.start, c.end, c.needs_sample, c.is_prefill) for c in plan.chunks] == [(0, 3, True, True)]
+    run_plan(plan)
+    plan = scheduler.plan()
+    assert [(c.start, c.end, c.needs_sample, c.is_prefill) for c in plan.chunks] == [(3, 4, True, False)]
+
+
+def test_the_token_budget_is_respected_and_a_long_prompt_is_chunked():
+    scheduler = make_scheduler(num_batch=8)
+    seq = make_seq(list(range(1, 21)))  # 20 tokens: 8 + 8 + 4
+    scheduler.add(seq)
+    spans = []
+    for _ in range(3):
+        plan = scheduler.plan()
+        assert plan.num_tokens <= 8
+        spans += [(c.start, c.end, c.needs_sample) for c in plan.chunks]
+        run_plan(plan)
+    assert spans == [(0, 8, False), (8, 16, False), (16, 20, True)]
+
+
+def test_chunked_prefill_interleaves_with_decoding_streams():
+    scheduler = make_scheduler(num_slots=3, num_batch=6)
+    first, second = make_seq([1, 2]), make_seq([3, 4])
+    scheduler.add(first)
+    scheduler.add(second)
+    run_plan(scheduler.plan())  # both prompts fit: both now generating
+    long_prompt = make_seq(list(range(100, 120)))
+    scheduler.add(long_prompt)
+    steps_while_prefilling = 0
+    while long_prompt.is_prefilling:
+        plan = scheduler.plan()
+        assert plan.num_tokens <= 6
+        by_seq = {id(c.seq): c for c in plan.chunks}
+        # every step still advances each running stream by exactly one token
+        assert by_seq[id(first)].num_tokens == 1 and by_seq[id(second)].num_tokens == 1
+        assert by_seq[id(long_prompt)].num_tokens <= 4
+        assert plan.chunks[-1].seq is long_prompt  # decodes first, prefill fills the rest of the budget
+        run_plan(plan)
+        steps_while_prefilling += 1
+    assert steps_while_prefilling == 5  # 20 prompt tokens, 4 per step next to two decodes
+
+
+def test_admission_is_fifo_and_waits_for_a_free_slot():
+    scheduler = make_scheduler(num_slots=2, num_batch=64)
+    seqs = [make_seq([10 + i, 1]) for i in range(4)]
+    for seq in seqs:
+        scheduler.add(seq)
+    plan = scheduler.plan()
+    assert [c.seq for c in plan.chunks] == seqs[:2]
+    assert list(scheduler.waiting) == seqs[2:]
+    run_plan(plan)
+    scheduler.finish(seqs[1])  # a slot frees: the oldest waiting request gets it, not a later one
+    plan = scheduler.plan()
+    assert seqs[2].slot is not None and seqs[3].slot is None
+    assert [c.seq for c in plan.chunks] == [seqs[0], seqs[2]]
+
+
+def test_a_cancelled_waiting_request_leaves_the_queue():
+    scheduler = make_scheduler(num_slots=1)
+    running, waiting = make_seq([1, 2]), make_seq([3, 4])
+    scheduler.add(running)
+    scheduler.add(waiting)
+    scheduler.plan()
+    scheduler.finish(waiting)
+    assert not scheduler.waiting
+    scheduler.finish(running)
+    assert not scheduler.has_work and scheduler.slots.num_free == 1
+
+
+def test_a_budget_of_one_token_per_slot_never_starves_a_prompt():
+    scheduler = make_scheduler(num_slots=3, num_batch=3)
+    streams = [make_seq([1]), make_seq([2])]
+    for seq in streams:
+        scheduler.add(seq)
+    run_plan(scheduler.plan())
+    late = make_seq([5, 6, 7])
+    scheduler.add(late)
+    for _ in range(3):  # two decodes and one prompt token per step
+        plan = scheduler.plan()
+        assert plan.num_tokens == 3 and plan.chunks[-1].seq is late
+        run_plan(plan)
+    assert not late.is_prefilling and late.num_tokens == 4
+
+
+def test_prefix_reuse_picks_the_longest_common_prefix_and_trims_the_rest():
+    trim = RecordingTrim()
+    slots = SlotTable(3, trim)
+    for slot_id, cached in enumerate([[1, 2, 3], [1, 2, 3, 4, 5, 6], [9, 9]]):
+        assert slots.acquire([0]).slot == slot_id  # fills slots 0, 1, 2 in order
+        slots.release(slot_id, cached)
+    trim.calls.clear()
+    lease = slots.acquire([1, 2, 3, 4, 7, 8])
+    assert (lease.slot, lease.num_reused) == (1, 4)
+    assert trim.calls == [(1, 4)]
+    assert slots.slots[1].tokens == [1, 2, 3, 4]
+
+
+def test_the_last_prompt_token_is_always_recomputed():
+    slots = SlotTable(1, RecordingTrim())
+    slots.acquire([0])
+    slots.release(0, [5, 6, 7, 8])
+    lease = slots.acquire([5, 6, 7, 8])  # identical prompt: reuse all but the last token
+    assert lease.num_reused == 3
+    slots.release(0, [5, 6, 7, 8])
+    assert slots.acquire([5, 6]).num_reused == 1
+
+
+def test_ties_go_to_the_least_recently_used_slot():
+    slots = SlotTable(3, RecordingTrim())
+    for _ in range(3):
+        slots.acquire([0])
+    for slot_id in (2, 0, 1):  # released in this order: slot 2 is the least recently used
+        slots.release(slot_id, [40 + slot_id])
+    assert slots.acquire([1, 2, 3]).slot == 2
+    assert slots.acquire([1, 2, 3]).slot == 0
+
+
+def test_a_cache_that_cannot_keep_a_partial_prefix_is_reused_from_zero():
+    slots = SlotTable(1, lambda slot, keep: 0)  # e.g. a sliding-window cache that lost early positions
+    slots.acquire([0])
+    slots.release(0, [1, 2, 3, 4])
+    lease = slots.acquire([1, 2, 3, 4, 5])
+    assert lease.num_reused == 0 and slots.slots[0].tokens == []
+
+
+def test_busy_slots_are_never_handed_out():
+    slots = SlotTable(2, RecordingTrim())
+    assert slots.acquire([1]) is not None and slots.acquire([1]) is not None
+    assert slots.acquire([1]) is None
+    assert slots.num_busy == 2 and slots.num_free == 0
+
+
+@pytest.mark.parametrize("a, b, expected", [([], [1], 0), ([1, 2], [1, 2], 2), ([1, 2, 3], [1, 2], 2),
+                                            ([1, 5], [1, 2], 1), ([3], [4], 0)])
+def test_common_prefix_length(a, b, expected):
+    assert common_prefix_length(a, b) == expected
+
+
+def test_configuration_errors_are_clear():
+    with pytest.raises(ValueError, match="num_slots"):
+        SlotTable(0, RecordingTrim())
+    with pytest.raises(ValueError, match="num_batch must be at least the number of slots"):
+        Scheduler(SlotTable(4, RecordingTrim()), 3)
