@@ -298,6 +298,30 @@ def test_close_is_idempotent_and_ends_waiting_requests(smollm2_path):
         assert not any(isinstance(event, Done) for event in events)
 
 
+def engine_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith("lokal-engine-")]
+
+
+def test_an_idle_engine_holds_no_thread_and_wakes_for_new_work(smollm2_path):
+    """llama.cpp's OpenMP runtime slows every model ~3x while more threads than cores hold thread teams, so
+    a loaded but idle engine must not keep the thread it computed on."""
+    before = set(engine_threads())
+    first = Engine(smollm2_path, EngineConfig(num_ctx=128, num_parallel=1))
+    second = Engine(smollm2_path, EngineConfig(num_ctx=128, num_parallel=1))
+    try:
+        prompt = first.tokenize("1, 2, 3, 4, 5, 6,", add_special=True)
+        for engine in (first, second, first):
+            text, _, done = generate(engine, prompt, greedy(num_predict=6))
+            assert text.startswith(" 7, 8") and done.eval_count == 6
+            wait_for(lambda: not set(engine_threads()) - before)
+        vectors = second.embed([prompt])  # embeddings wake it too
+        assert len(vectors) == 1
+        wait_for(lambda: not set(engine_threads()) - before)
+    finally:
+        first.close()
+        second.close()
+
+
 def wait_for(condition) -> None:
     """Block until ``condition()`` holds (cancellation takes effect at the engine's next step)."""
     waiter = threading.Event()

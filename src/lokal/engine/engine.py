@@ -2,9 +2,9 @@
 
 Each step is schedule → run → postprocess: the scheduler says which tokens to compute, the runner computes
 them in one ``llama_decode`` and samples, and postprocessing turns tokens into text, applies the stop
-conditions and pushes each request's events to its sink in one call. The thread sleeps on a condition
-variable while there is nothing to do. ``submit``, ``Handle.cancel``, ``embed``, ``stats`` and ``close``
-are safe from any thread.
+conditions and pushes each request's events to its sink in one call. The stepping thread lives while there
+is work and ends when there is none (see ``_work`` for why); the next request starts another.
+``submit``, ``Handle.cancel``, ``embed``, ``stats`` and ``close`` are safe from any thread.
 """
 
 from __future__ import annotations
@@ -88,17 +88,19 @@ class Handle:
 class Engine:
     def __init__(self, model_path: str, config: EngineConfig | None = None):
         self.config = config or EngineConfig()
-        self._wakeup = threading.Condition()
+        self._lock = threading.Lock()  # guards the inbox, cancels, jobs and the worker
         self._inbox: list[Request] = []
         self._cancelled: list[Request] = []
         self._jobs: list[Callable[[], None]] = []
         self._is_closing = False
         self._is_closed = False
+        self._thread_name = f"lokal-engine-{model_path.rsplit('/', 1)[-1]}"
+        self._worker: threading.Thread | None = None  # the thread stepping requests; None while idle
         ready: Future[Runner] = Future()
-        self._thread = threading.Thread(target=self._run, args=(model_path, ready), daemon=True,
-                                        name=f"lokal-engine-{model_path.rsplit('/', 1)[-1]}")
-        self._thread.start()
-        self._runner = ready.result()  # the model loads on the engine thread; a failure raises here
+        loader = threading.Thread(target=self._load, args=(model_path, ready), daemon=True, name=self._thread_name)
+        loader.start()
+        self._runner = ready.result()  # a load failure raises here
+        loader.join()
 
     # ---- model facts ------------------------------------------------------------------------------------
 
@@ -183,12 +185,12 @@ class Engine:
                           detok=Detokenizer(self._runner.output_piece, sampling.stop))
         handle = Handle(self, request)
         sink.attach(handle)
-        with self._wakeup:
+        with self._lock:
             if self._is_closing:
                 self._runner.free_sampler(sampler)
                 raise ServerBusy("the model is being unloaded; try again")
             self._inbox.append(request)
-            self._wakeup.notify()
+            self._ensure_worker()
         return handle
 
     def embed(self, token_lists: Sequence[Sequence[int]], normalize: bool = True) -> list[list[float]]:
@@ -210,11 +212,11 @@ class Engine:
             except BaseException as exc:
                 result.set_exception(exc)
 
-        with self._wakeup:
+        with self._lock:
             if self._is_closing:
                 raise ServerBusy("the model is being unloaded; try again")
             self._jobs.append(job)
-            self._wakeup.notify()
+            self._ensure_worker()
         return result.result()
 
     def stats(self) -> EngineStats:
@@ -229,11 +231,13 @@ class Engine:
 
     def close(self) -> None:
         """Stop the thread, end unfinished requests with ``Cancelled`` and free every C object. Idempotent."""
-        with self._wakeup:
+        with self._lock:
             self._is_closing = True
-            self._wakeup.notify()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
+            worker = self._worker
+        if worker is None:  # idle: nothing steps, so shut down here
+            self._shut_down(self._runner, Cancelled("the model was unloaded before the request finished"))
+        elif worker is not threading.current_thread():
+            worker.join()  # it shuts down at its next step
 
     def __enter__(self) -> Engine:
         return self
@@ -243,7 +247,12 @@ class Engine:
 
     # ---- the engine thread ------------------------------------------------------------------------------
 
-    def _run(self, model_path: str, ready: Future[Runner]) -> None:
+    # Why the stepping thread ends when idle: llama.cpp computes with OpenMP, and libgomp keeps a thread team
+    # for every thread that ever computed. Once more threads hold teams than there are cores, it throttles
+    # its spin-waiting and every model in the process decodes ~3x slower. An idle engine that keeps its
+    # thread would do that to the busy one; a thread per busy period costs ~0.1 ms when work arrives.
+
+    def _load(self, model_path: str, ready: Future[Runner]) -> None:
         try:
             runner = Runner(model_path, self.config)
         except BaseException as exc:
@@ -251,23 +260,34 @@ class Engine:
             return
         self._scheduler = Scheduler(SlotTable(self.config.num_parallel, runner.trim), self.config.batch_size)
         ready.set_result(runner)
-        reason: BaseException = Cancelled("the model was unloaded before the request finished")
+
+    def _ensure_worker(self) -> None:
+        """Start the stepping thread if the engine is idle. Caller holds ``self._lock``."""
+        if self._worker is None and not self._is_closed:
+            self._worker = threading.Thread(target=self._work, daemon=True, name=self._thread_name)
+            self._worker.start()
+
+    def _work(self) -> None:
+        runner = self._runner
         try:
-            self._loop(runner)
+            if not self._loop(runner):
+                return  # idle: the thread ends; the next submit starts another
+            reason: BaseException = Cancelled("the model was unloaded before the request finished")
         except Exception as exc:  # a bug, not bad input: end every request with it rather than hang them
             log.exception("engine thread failed")
             reason = LokalError(f"the engine failed: {exc}")
-        finally:
-            self._shut_down(runner, reason)
+        self._shut_down(runner, reason)
 
-    def _loop(self, runner: Runner) -> None:
+    def _loop(self, runner: Runner) -> bool:
+        """Step until there is nothing to do (returns False) or the engine closes (returns True)."""
         scheduler = self._scheduler
         while True:
-            with self._wakeup:
-                while not (self._inbox or self._cancelled or self._jobs or self._is_closing or scheduler.has_work):
-                    self._wakeup.wait()
+            with self._lock:
                 if self._is_closing:
-                    return
+                    return True
+                if not (self._inbox or self._cancelled or self._jobs or scheduler.has_work):
+                    self._worker = None
+                    return False
                 new, self._inbox = self._inbox, []
                 cancelled, self._cancelled = self._cancelled, []
                 jobs, self._jobs = self._jobs, []
@@ -361,15 +381,17 @@ class Engine:
                 pass
 
     def _cancel(self, request: Request) -> None:
-        with self._wakeup:
+        with self._lock:
             if request.is_finished or request.is_cancel_requested or self._is_closed:
                 return
             request.is_cancel_requested = True
             self._cancelled.append(request)
-            self._wakeup.notify()
+            self._ensure_worker()
 
     def _shut_down(self, runner: Runner, reason: BaseException) -> None:
-        with self._wakeup:
+        with self._lock:
+            if self._is_closed:
+                return
             self._is_closing = self._is_closed = True
             leftover = self._inbox + list(self._scheduler.waiting) + list(self._scheduler.running)
             jobs, self._inbox, self._jobs = self._jobs, [], []
