@@ -48,7 +48,7 @@ def test_sigterm_ends_running_streams_with_an_error_line_and_exits_cleanly(model
             assert first["done"] is False
             server.process.terminate()  # SIGTERM
             rest = [json.loads(line) for line in lines]
-        assert rest and "error" in rest[-1], rest[-3:]
+        assert rest and "shutting down" in rest[-1]["error"], rest[-3:]
         assert not any(item.get("done") for item in rest)
         assert server.process.wait(60) == 0
         assert "listening on http://127.0.0.1:" in server.log()

@@ -205,10 +205,11 @@ class Runtime:
         return loaded.engine if loaded else None
 
     async def close(self) -> None:
+        """Refuse new requests, end running ones with an error, unload every model."""
         self._closed = True
         async with self._lock:
             for model in list(self._loaded.values()):
-                await self._evict(model)
+                await self._evict(model, reason="the server is shutting down")
 
     # ---- residency --------------------------------------------------------------------------------
 
@@ -350,14 +351,15 @@ class Runtime:
                 log.info("keep_alive expired: unloading %s", model.entry.name.display)
                 await self._evict(model)
 
-    async def _evict(self, model: LoadedModel) -> None:
-        """Unload a model. Caller holds self._lock."""
+    async def _evict(self, model: LoadedModel, reason: str = "the model was unloaded before the request finished"
+                     ) -> None:
+        """Unload a model; requests still running on it end with ``reason``. Caller holds self._lock."""
         if self._loaded.get(model.key) is model:
             del self._loaded[model.key]
         if model.expiry_timer is not None:
             model.expiry_timer.cancel()
         log.info("unloading %s", model.entry.name.display)
-        await asyncio.to_thread(model.engine.close)
+        await asyncio.to_thread(model.engine.close, reason)
         self._changed.notify_all()
 
 

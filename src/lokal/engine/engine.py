@@ -94,6 +94,7 @@ class Engine:
         self._jobs: list[Callable[[], None]] = []
         self._is_closing = False
         self._is_closed = False
+        self._close_reason = ""
         self._thread_name = f"lokal-engine-{model_path.rsplit('/', 1)[-1]}"
         self._worker: threading.Thread | None = None  # the thread stepping requests; None while idle
         ready: Future[Runner] = Future()
@@ -229,13 +230,15 @@ class Engine:
     def num_live_samplers(self) -> int:
         return self._runner.num_live_samplers
 
-    def close(self) -> None:
-        """Stop the thread, end unfinished requests with ``Cancelled`` and free every C object. Idempotent."""
+    def close(self, reason: str = "the model was unloaded before the request finished") -> None:
+        """Stop the thread, end unfinished requests with ``Cancelled(reason)`` and free every C object.
+        Idempotent."""
         with self._lock:
             self._is_closing = True
+            self._close_reason = reason
             worker = self._worker
         if worker is None:  # idle: nothing steps, so shut down here
-            self._shut_down(self._runner, Cancelled("the model was unloaded before the request finished"))
+            self._shut_down(self._runner, Cancelled(reason))
         elif worker is not threading.current_thread():
             worker.join()  # it shuts down at its next step
 
@@ -272,7 +275,7 @@ class Engine:
         try:
             if not self._loop(runner):
                 return  # idle: the thread ends; the next submit starts another
-            reason: BaseException = Cancelled("the model was unloaded before the request finished")
+            reason: BaseException = Cancelled(self._close_reason)
         except Exception as exc:  # a bug, not bad input: end every request with it rather than hang them
             log.exception("engine thread failed")
             reason = LokalError(f"the engine failed: {exc}")
