@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from lokal.errors import StoreError
-from lokal.store.gguf_info import (MAX_METADATA_ARRAY, capabilities, format_parameter_count, read_details)
+from lokal.store.gguf_info import (MAX_METADATA_ARRAY, format_parameter_count, is_embedding_model,
+                                   read_details)
 
 
 @llama_cpp.llama_log_callback
@@ -101,7 +102,7 @@ def test_smollm2_details_match_llama_cpp_and_gguf() -> None:
     details = read_details(smollm2_path())
     assert details.quantization_level == "Q4_1"  # what the package says it ships
     assert details.parameter_size == format_parameter_count(details.parameter_count)
-    assert capabilities(details) == ["completion"]
+    assert not is_embedding_model(details)
 
 
 def test_gemma3_details_match_llama_cpp_and_gguf(gemma3_path: Path) -> None:
@@ -164,23 +165,15 @@ def test_synthetic_embedding_model(tmp_path: Path, endianess: gguf.GGUFEndian, w
     assert details.bos_token == tokens[150] and details.eos_token == tokens[3]
     assert details.metadata["general.tags"] == ["a", "b"]
     assert details.chat_template is None
-    assert capabilities(details) == ["embedding"]
+    assert is_embedding_model(details)
 
 
-def test_capabilities_follow_architecture_pooling_and_template() -> None:
+def test_embedding_models_are_told_by_architecture_and_pooling() -> None:
     base = read_details(smollm2_path())
-    go_tools = "{{ if .Tools }}[TOOLS]{{ range .Tools }}{{ . }}{{ end }}{{ end }}{{ .Prompt }}"
-    go_insert = "<|fim_prefix|>{{ .Prompt }}<|fim_suffix|>{{ .Suffix }}<|fim_middle|>"
-    jinja_tools = "{% if tools %}{{ tools | tojson }}{% endif %}{{ messages[0]['content'] }}"
-    assert capabilities(base, go_tools) == ["completion", "tools"]
-    assert capabilities(base, jinja_tools) == ["completion", "tools"]
-    assert capabilities(base, go_insert) == ["completion", "insert"]
-    assert capabilities(base, "{{ .Prompt }}") == ["completion"]
-    pooled = dataclasses.replace(base, pooling_type="mean", chat_template=None)
-    assert capabilities(pooled) == ["embedding"]
-    pooled_chat = dataclasses.replace(base, pooling_type="last")
-    assert capabilities(pooled_chat) == ["completion"]
-    assert capabilities(dataclasses.replace(base, architecture="nomic-bert")) == ["embedding"]
+    assert not is_embedding_model(base)
+    assert is_embedding_model(dataclasses.replace(base, pooling_type="mean", chat_template=None))
+    assert not is_embedding_model(dataclasses.replace(base, pooling_type="last"))  # pooled, but chats
+    assert is_embedding_model(dataclasses.replace(base, architecture="nomic-bert"))
 
 
 def test_files_that_are_not_gguf_raise_store_errors(tmp_path: Path) -> None:

@@ -195,3 +195,26 @@ def test_a_corrupt_params_layer_is_a_store_error(store):
     with pytest.raises(StoreError, match="params"):
         describe(store, "broken-params")
     describe(store, "smollm2")  # the others are untouched
+
+
+def test_capabilities_follow_the_template_requests_use(smollm2_path):
+    import dataclasses
+
+    from lokal.model_info import capabilities
+    from lokal.store.gguf_info import read_details
+    from lokal.templates import ChatTemplate
+
+    base = read_details(smollm2_path)
+    go_tools = "{{ if .Tools }}[TOOLS]{{ range .Tools }}{{ . }}{{ end }}{{ end }}{{ .Prompt }}"
+    go_insert = "<|fim_prefix|>{{ .Prompt }}<|fim_suffix|>{{ .Suffix }}<|fim_middle|>"
+    jinja_tools = "{% if tools %}{{ tools | tojson }}{% endif %}{{ messages[0]['content'] }}"
+
+    def of(override: str | None, details=base) -> list[str]:
+        return capabilities(details, ChatTemplate.from_model(details.chat_template, override,
+                                                             architecture=details.architecture))
+
+    assert of(go_tools) == ["completion", "tools"]
+    assert of(go_insert) == ["completion", "insert"]
+    assert of("{{ .Prompt }}") == ["completion"]
+    assert of(None, dataclasses.replace(base, chat_template=jinja_tools)) == ["completion", "tools"]
+    assert of(None, dataclasses.replace(base, architecture="nomic-bert")) == ["embedding"]

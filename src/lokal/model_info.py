@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from lokal.errors import LokalError
-from lokal.store.gguf_info import ModelDetails, capabilities, read_details
+from lokal.store.gguf_info import ModelDetails, is_embedding_model, read_details
 from lokal.store.names import ModelName
 from lokal.store.store import ModelEntry, Store
 from lokal.templates import ChatTemplate
@@ -66,7 +66,8 @@ def describe(store: Store, name: str | ModelName) -> ModelDescription:
     details = read_details(model_path)
     template_layer = store.layer_text(entry, "template")
     # The template that requests will use: the Modelfile's, the GGUF's, or the fallback for the family.
-    template = ChatTemplate.from_model(details.chat_template, template_layer, architecture=details.architecture).source
+    chat_template = ChatTemplate.from_model(details.chat_template, template_layer, architecture=details.architecture)
+    template = chat_template.source
     system = store.layer_text(entry, "system") or ""
     license_text = store.layer_text(entry, "license") or details.license or ""
     parameter_values = dict(store.params(entry))
@@ -83,11 +84,24 @@ def describe(store: Store, name: str | ModelName) -> ModelDescription:
         license=license_text,
         details=details_fields(details),
         model_info=model_info(details),
-        capabilities=list(capabilities(details, template)),
+        capabilities=capabilities(details, chat_template),
         modified_at=entry.modified_at,
         messages=messages,
         parameter_values=parameter_values,
     )
+
+
+def capabilities(details: ModelDetails, template: ChatTemplate) -> list[str]:
+    """Ollama's ``capabilities``: completion or embedding, plus tools and insert (fill-in-the-middle) when
+    the template requests are rendered with handles them."""
+    if is_embedding_model(details):
+        return ["embedding"]
+    found = ["completion"]
+    if template.mentions_tools:
+        found.append("tools")
+    if template.supports_suffix:
+        found.append("insert")
+    return found
 
 
 def details_fields(details: ModelDetails | None) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from lokal.engine import AsyncSink, Engine, EngineConfig, grammar_for
 from lokal.errors import BadRequest, InsufficientMemory, ModelLoadError, ServerBusy, UnsupportedCapability
 from lokal.hardware import available_memory, estimate_memory
 from lokal.prompt import build_prompt
-from lokal.store.gguf_info import ModelDetails, capabilities, read_details
+from lokal.store.gguf_info import ModelDetails, read_details
 from lokal.store.names import ModelName
 from lokal.store.store import ModelEntry, Store
 from lokal.templates import ChatTemplate
@@ -118,8 +118,8 @@ class Runtime:
         if request.prompt is None and not request.messages:
             yield Done(reason="load", load_duration=load_ns, total_duration=time.perf_counter_ns() - started)
             return
-        if (request.images or any(m.images for m in request.messages or [])) and \
-                "vision" not in capabilities(model.details):
+        if request.images or any(m.images for m in request.messages or []):
+            # The engine runs no vision projector yet, so no model here can read images.
             raise UnsupportedCapability(f'model "{model.entry.name.display}" does not support images')
         prompt = build_prompt(request, template=model.template, tokenize=model.engine.tokenize,
                               num_ctx=model.config.num_ctx, num_predict=sampling.num_predict,

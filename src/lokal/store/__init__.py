@@ -13,12 +13,12 @@ from lokal.store.names import ModelName
 from lokal.store.store import ListResult, ModelEntry, Store
 
 if TYPE_CHECKING:
-    from lokal.store.gguf_info import ModelDetails, capabilities, read_details
+    from lokal.store.gguf_info import ModelDetails, read_details
 
 __all__ = ["BlobStore", "BlobWriter", "LAYER_KINDS", "Layer", "ListResult", "Manifest", "ModelDetails",
-           "ModelEntry", "ModelName", "Store", "capabilities", "config_blob", "read_details"]
+           "ModelEntry", "ModelName", "Store", "config_blob", "read_details"]
 
-_LAZY = {"ModelDetails", "capabilities", "read_details"}
+_LAZY = {"ModelDetails", "read_details"}
 
 
 def __getattr__(name: str) -> Any:

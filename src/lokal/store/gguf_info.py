@@ -9,7 +9,6 @@ large arrays by length and reading only the two vocabulary strings it needs (BOS
 from __future__ import annotations
 
 import mmap
-import re
 import struct
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -258,27 +257,9 @@ def _read_details_cached(path: Path, size: int, mtime_ns: int) -> ModelDetails:
         data.close()
 
 
-_MENTIONS_TOOLS = re.compile(r"\btools\b", re.IGNORECASE)
-_MENTIONS_INSERT = re.compile(r"\bsuffix\b|fim_", re.IGNORECASE)
-
-
 def is_embedding_model(details: ModelDetails) -> bool:
+    """Encoder architectures, or pooled output without a chat template: vectors, not text."""
     if details.architecture in EMBEDDING_ARCHITECTURES:
         return True
     has_pooling = details.pooling_type not in (None, "none")
     return has_pooling and not details.chat_template
-
-
-def capabilities(details: ModelDetails, template_text: str | None = None) -> list[str]:
-    """What a model can do, as Ollama's ``capabilities``: completion or embedding, plus tools and
-    insert (fill-in-the-middle) when its template handles them. ``template_text`` (a Modelfile
-    TEMPLATE) overrides the GGUF chat template."""
-    if is_embedding_model(details):
-        return ["embedding"]
-    found = ["completion"]
-    template = template_text if template_text is not None else details.chat_template or ""
-    if _MENTIONS_TOOLS.search(template):
-        found.append("tools")
-    if _MENTIONS_INSERT.search(template):
-        found.append("insert")
-    return found
