@@ -117,6 +117,17 @@ def test_extra_body_options_set_ollama_load_options(client, live_server):
     assert [model["context_length"] for model in running if model["model"] == "smollm2:latest"] == [512]
 
 
+def test_ignore_eos_generates_exactly_max_tokens(client):
+    # "Hi" is answered in a few tokens; with ignore_eos the answer runs on to max_tokens, as benchmarks need.
+    for extra in ({"ignore_eos": True}, {"options": {"ignore_eos": True}}):
+        completion = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                                                    temperature=0, max_tokens=48, extra_body=extra)
+        assert completion.usage.completion_tokens == 48 and completion.choices[0].finish_reason == "length"
+    plain = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                                           temperature=0, max_tokens=48)
+    assert plain.usage.completion_tokens < 48 and plain.choices[0].finish_reason == "stop"
+
+
 def test_errors_are_openai_error_objects(client, live_server):
     with pytest.raises(openai.BadRequestError) as several:
         client.chat.completions.create(model=MODEL, messages=COUNT, n=2)

@@ -40,7 +40,7 @@ def sampling_options(body: wire.SamplingFields, max_tokens: int | None) -> dict[
     options = dict(body.options or {})
     mapped = {"temperature": body.temperature, "top_p": body.top_p, "num_predict": max_tokens,
               "seed": body.seed, "frequency_penalty": body.frequency_penalty,
-              "presence_penalty": body.presence_penalty}
+              "presence_penalty": body.presence_penalty, "ignore_eos": body.ignore_eos}
     options.update({name: value for name, value in mapped.items() if value is not None})
     if body.stop is not None:
         options["stop"] = [body.stop] if isinstance(body.stop, str) else list(body.stop)

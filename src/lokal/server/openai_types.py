@@ -70,6 +70,8 @@ class SamplingFields(WireModel):
     """Sampling temperature (0 = greedy)."""
     top_p: float | None = None
     """Nucleus sampling mass."""
+    ignore_eos: bool | None = None
+    """Generate exactly max_tokens, past end-of-generation tokens (as llama.cpp's server and vLLM accept)."""
     logit_bias: dict[str, int] | None = None
     """Not supported."""
     user: str | None = None
