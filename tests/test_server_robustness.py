@@ -5,6 +5,7 @@ hangs up frees its slot. After each, the server is healthy and still answers cor
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 
@@ -159,3 +160,18 @@ def test_a_non_streaming_client_that_hangs_up_cancels_its_generation(live_server
     asyncio.run(hang_up())
     assert_all_slots_free(live_server.url)
     assert_healthy_and_correct(live_server.url, reference)
+
+
+def test_blob_uploads_are_verified_and_bad_ones_store_nothing(live_server):
+    data = b"not really a model, but bytes all the same"
+    right = "sha256:" + hashlib.sha256(data).hexdigest()
+    wrong = "sha256:" + hashlib.sha256(b"other bytes").hexdigest()
+    mismatch = httpx.post(f"{live_server.url}/api/blobs/{wrong}", content=data, timeout=30)
+    assert mismatch.status_code == 400 and "digest mismatch" in mismatch.json()["error"]
+    assert httpx.head(f"{live_server.url}/api/blobs/{wrong}", timeout=30).status_code == 404
+    assert httpx.head(f"{live_server.url}/api/blobs/{right}", timeout=30).status_code == 404
+    malformed = httpx.post(f"{live_server.url}/api/blobs/sha256:xyz", content=data, timeout=30)
+    assert malformed.status_code == 400 and "invalid digest" in malformed.json()["error"]
+    stored = httpx.post(f"{live_server.url}/api/blobs/{right}", content=data, timeout=30)
+    assert stored.status_code == 201
+    assert httpx.head(f"{live_server.url}/api/blobs/{right}", timeout=30).status_code == 200

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import logging
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Iterator
@@ -18,8 +17,9 @@ from starlette.concurrency import iterate_in_threadpool
 from lokal import __version__
 from lokal import types as internal
 from lokal.config import parse_duration
-from lokal.errors import BadRequest, LokalError, ModelNotFound
+from lokal.errors import BadRequest, DigestMismatch, LokalError, ModelNotFound
 from lokal.model_info import details_fields, listing_details
+from lokal.store.blobs import normalize_digest
 from lokal.server import ollama_types as wire
 from lokal.server.streaming import (NDJSON, JSONResponse, collect, close_quietly, first_event, ndjson_line,
                                     now_rfc3339, render_stream, streaming_response, until_disconnected)
@@ -386,37 +386,30 @@ BLOB_WRITE_BYTES = 4 * 1024 * 1024
 @router.head("/api/blobs/{digest}", tags=["ollama"])
 async def blob_exists(digest: str, request: Request) -> Response:
     blobs = runtime_of(request).store.blobs
-    return Response(status_code=200 if blobs.exists(_blob_digest(digest)) else 404)
+    return Response(status_code=200 if blobs.exists(normalize_digest(digest)) else 404)
 
 
 @router.post("/api/blobs/{digest}", status_code=201, tags=["ollama"])
 async def upload_blob(digest: str, request: Request) -> Response:
     """Store an uploaded file under its sha256 digest (used by create with ``files``)."""
     blobs = runtime_of(request).store.blobs
-    expected = _blob_digest(digest)
+    expected = normalize_digest(digest)
     if blobs.exists(expected):
         return Response(status_code=200)
-    hasher = hashlib.sha256()
     # A fresh temp file (not a resumable partial): a client re-sends an upload from its start.
     with blobs.writer() as writer:
         pending = bytearray()
         async for chunk in request.stream():
-            hasher.update(chunk)
             pending += chunk
             if len(pending) >= BLOB_WRITE_BYTES:
                 await anyio.to_thread.run_sync(writer.write, bytes(pending))
                 pending.clear()
         if pending:
             await anyio.to_thread.run_sync(writer.write, bytes(pending))
-        if "sha256:" + hasher.hexdigest() != expected:
-            raise BadRequest(f"digest mismatch: the upload's sha256 is {hasher.hexdigest()}, not {digest}")
-        await anyio.to_thread.run_sync(writer.commit)
+        try:
+            await anyio.to_thread.run_sync(writer.commit, expected)
+        except DigestMismatch as exc:  # the client's mistake, not a failed download: a 400
+            raise BadRequest(f"digest mismatch: the upload's sha256 is {exc.actual}, not {digest}") from None
     return Response(status_code=201)
 
 
-def _blob_digest(digest: str) -> str:
-    text = digest.strip().lower().replace("sha256-", "sha256:", 1)
-    hex_part = text.removeprefix("sha256:")
-    if not text.startswith("sha256:") or len(hex_part) != 64 or any(c not in "0123456789abcdef" for c in hex_part):
-        raise BadRequest(f"invalid digest {digest!r}: expected sha256:<64 hex digits>")
-    return text

@@ -123,14 +123,18 @@ class BlobWriter:
                            f"to {self._store.root}: {exc.strerror}") from exc
         raise StoreError(f"could not write blob to {self._store.root}: {exc}") from exc
 
-    def commit(self) -> str:
-        """Check the digest, make the bytes durable and publish the blob; returns its digest."""
+    def commit(self, expected_digest: str | None = None) -> str:
+        """Check the digest, make the bytes durable and publish the blob; returns its digest.
+
+        ``expected_digest`` checks a writer opened without one (a fresh, non-resumable temp file, as for an
+        upload that a client re-sends from its start): a mismatch stores nothing."""
         if self._fd is None:
             raise StoreError("blob writer is not open (use it as a context manager)")
         actual = "sha256:" + self._hash.hexdigest()
-        if self.expected_digest and actual != self.expected_digest:
+        expected = self.expected_digest or (normalize_digest(expected_digest) if expected_digest else None)
+        if expected and actual != expected:
             self._discard()
-            raise DigestMismatch(self.expected_digest, actual)
+            raise DigestMismatch(expected, actual)
         try:
             os.fsync(self._fd)
         except OSError as exc:
