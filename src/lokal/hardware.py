@@ -76,13 +76,3 @@ def estimate_memory(weights_bytes: int, metadata: dict[str, object], n_ctx_total
     kv_width = n_head_kv * (head_dim_k + head_dim_v)
     kv = n_layer * n_ctx_total * kv_width * _KV_BYTES_PER_ELEMENT
     return MemoryEstimate(weights=weights_bytes, kv_cache=kv)
-
-
-def format_bytes(num: int | float) -> str:
-    """Ollama's human sizes: decimal units (98 MB, 1.9 GB)."""
-    value = float(num)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit in ("B", "KB", "MB") else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"
