@@ -315,3 +315,13 @@ def test_python_dash_m_lokal(models_dir):
     process = subprocess.run([sys.executable, "-m", "lokal", "--version"], capture_output=True, text=True,
                              timeout=60)
     assert process.returncode == 0 and process.stdout == f"lokal version is {__version__}\n"
+
+
+def test_every_command_answers_help_with_exit_0(models_dir):
+    # Recent typer's Exit is not a click Exit; help must still end as a normal exit, not as an error.
+    commands = [command.name or command.callback.__name__ for command in app.registered_commands]
+    assert {"pull", "list", "run", "serve", "bench"} <= set(commands)
+    for name in commands:
+        result = run_lokal(models_dir, name, "--help")
+        assert result.returncode == 0, (name, result.stderr)
+        assert "Usage:" in result.stdout and "Error" not in result.stderr

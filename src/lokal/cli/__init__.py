@@ -53,8 +53,8 @@ class _ErrorsAtTheEdge(TyperGroup):
 
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise typer.Exit(141) from None
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
-            raise
+        except (typer.Exit, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise  # a normal ending (recent typer's Exit is no longer a click Exit, so both are named)
         except OSError as exc:  # disk, permissions: the message says it all
             if _is_debug():
                 raise
