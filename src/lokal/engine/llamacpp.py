@@ -1,7 +1,7 @@
 """Runner for GGUF models: the only module that calls llama.cpp (llama-cpp-python's low-level ctypes API).
 
-It owns the model, one llama context for generation (``n_seq_max = num_parallel`` sequences over one
-unified KV cache), one preallocated batch, every sampler chain, and, created on first use, a second
+It owns the model, one llama context for generation (``n_seq_max = num_parallel`` sequences, each with a
+KV stream of its own), one preallocated batch, every sampler chain, and, created on first use, a second
 small context for embeddings. The engine thread makes every call except those that only read the
 vocabulary (tokenize, detokenize, token pieces, building a sampler chain); llama.cpp's vocabulary is
 immutable after load and its tokenizer keeps per-call state, so those are safe from any thread.
@@ -255,8 +255,12 @@ class Runner:
 
     def _open_generation_context(self) -> None:
         config = self.config
+        # A KV stream per slot, not one unified cache: there every sequence's attention spans the cells all the
+        # others hold, so the prefixes idle slots keep for reuse slowed a lone stream 1.4x at 200 cached tokens
+        # per slot and 3x at 1000 (a row of benchmarks/engine_ceiling.py); separate streams keep each decode to
+        # its own cells.
         params = self._context_params(n_ctx=config.num_ctx * config.num_parallel, n_batch=config.batch_size,
-                                      n_seq_max=config.num_parallel)
+                                      n_seq_max=config.num_parallel, kv_unified=False)
         params.flash_attn_type = (llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if config.flash_attention
                                   else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         self._ctx = llama.llama_init_from_model(self._model, params)
@@ -275,13 +279,14 @@ class Runner:
         for i in range(size):
             self._batch.n_seq_id[i] = 1
 
-    def _context_params(self, n_ctx: int, n_batch: int, n_seq_max: int) -> llama.llama_context_params:
+    def _context_params(self, n_ctx: int, n_batch: int, n_seq_max: int, kv_unified: bool
+                        ) -> llama.llama_context_params:
         params = llama.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
         params.n_ubatch = min(n_batch, 512)
         params.n_seq_max = n_seq_max
-        params.kv_unified = True
+        params.kv_unified = kv_unified
         params.n_threads = params.n_threads_batch = self.num_threads
         params.no_perf = True
         return params
@@ -348,7 +353,8 @@ class Runner:
             return
         self._close_embedding_context()
         size = min(max(_MIN_EMBED_CONTEXT, -(-longest // 256) * 256), max(self.config.num_ctx, longest))
-        params = self._context_params(n_ctx=size, n_batch=size, n_seq_max=EMBED_SEQS_PER_BATCH)
+        # Unified: the inputs of one batch share the context's cells, whatever their lengths.
+        params = self._context_params(n_ctx=size, n_batch=size, n_seq_max=EMBED_SEQS_PER_BATCH, kv_unified=True)
         params.n_ubatch = size
         params.embeddings = True
         arch = self.metadata.get("general.architecture", "")
