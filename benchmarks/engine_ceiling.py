@@ -58,9 +58,9 @@ class PlainLoop:
         self.n_vocab = llama.llama_vocab_n_tokens(self.vocab)
         context = llama.llama_context_default_params()
         context.n_ctx, context.n_batch, context.n_ubatch = NUM_CTX * num_seqs, 512, 512
-        context.n_seq_max, context.kv_unified, context.no_perf = num_seqs, False, True
+        context.n_seq_max, context.kv_unified, context.no_perf = num_seqs, True, True
+        context.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_AUTO
         context.n_threads = context.n_threads_batch = threads
-        context.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self.ctx = llama.llama_init_from_model(self.model, context)
         self.batch = llama.llama_batch_init(512, 0, 1)
         eogs = [t for t in range(self.n_vocab) if llama.llama_vocab_is_eog(self.vocab, t)]

@@ -18,7 +18,7 @@ def test_defaults_are_ollamas():
     assert settings.max_queue == 512
     assert settings.num_parallel == 4
     assert settings.context_length is None
-    assert settings.flash_attention is False
+    assert settings.flash_attention is True
     assert settings.source("LOKAL_HOST") == "default"
 
 

@@ -11,15 +11,40 @@ from lokal.engine.sequence import Sequence
 from lokal.types import SamplingOptions
 
 
-class RecordingTrim:
-    """Stands in for the runner's KV trim: records calls and keeps what it is asked to keep."""
+class FakeKv:
+    """Stands in for the runner's KV operations: tracks how many positions each slot holds, keeps what a
+    trim asks to keep (or nothing, ``can_keep_partial=False``), saves 10 bytes per position."""
 
-    def __init__(self):
-        self.calls: list[tuple[int, int]] = []
+    def __init__(self, can_keep_partial: bool = True, has_room: bool = True):
+        self.can_keep_partial = can_keep_partial
+        self.has_room = has_room
+        self.held: dict[int, int] = {}  # slot -> positions in the context
+        self.calls: list[tuple] = []
 
-    def __call__(self, slot: int, keep: int) -> int:
-        self.calls.append((slot, keep))
+    def trim(self, slot: int, keep: int) -> int:
+        self.calls.append(("trim", slot, keep))
+        if not self.can_keep_partial:
+            keep = 0
+        self.held[slot] = min(self.held.get(slot, 0), keep)
         return keep
+
+    def save_slot(self, slot: int) -> bytes:
+        self.calls.append(("save", slot))
+        saved, self.held[slot] = bytes(10 * self.held.get(slot, 0)), 0
+        return saved
+
+    def restore_slot(self, slot: int, saved: bytes) -> bool:
+        self.calls.append(("restore", slot, len(saved)))
+        self.held[slot] = len(saved) // 10 if self.has_room else 0
+        return self.has_room
+
+    def compute(self, slot: int, tokens: int) -> None:
+        """What a decode does: the slot now holds ``tokens`` positions."""
+        self.held[slot] = tokens
+
+    @property
+    def trims(self) -> list[tuple[int, int]]:
+        return [call[1:] for call in self.calls if call[0] == "trim"]
 
 
 def make_seq(tokens: list[int]) -> Sequence:
@@ -28,7 +53,7 @@ def make_seq(tokens: list[int]) -> Sequence:
 
 
 def make_scheduler(num_slots: int = 2, num_batch: int = 8) -> Scheduler:
-    return Scheduler(SlotTable(num_slots, RecordingTrim()), num_batch)
+    return Scheduler(SlotTable(num_slots, FakeKv()), num_batch)
 
 
 def run_plan(plan: StepPlan, next_token: int = 7) -> None:
@@ -128,21 +153,97 @@ def test_a_budget_of_one_token_per_slot_never_starves_a_prompt():
     assert not late.is_prefilling and late.num_tokens == 4
 
 
+def use(slots: SlotTable, kv: FakeKv, prompt: list[int], cached: list[int]) -> int:
+    """One request: take a slot for ``prompt``, compute until the slot holds ``cached``, give it back."""
+    lease = slots.acquire(prompt)
+    kv.compute(lease.slot, len(cached))
+    slots.release(lease.slot, cached)
+    return lease.slot
+
+
 def test_prefix_reuse_picks_the_longest_common_prefix_and_trims_the_rest():
-    trim = RecordingTrim()
-    slots = SlotTable(3, trim)
-    for slot_id, cached in enumerate([[1, 2, 3], [1, 2, 3, 4, 5, 6], [9, 9]]):
-        assert slots.acquire([0]).slot == slot_id  # fills slots 0, 1, 2 in order
-        slots.release(slot_id, cached)
-    trim.calls.clear()
+    kv = FakeKv()
+    slots = SlotTable(3, kv, park_budget=10_000)
+    running = slots.acquire([0])  # keeps a slot busy, so idle caches are parked as they are released
+    for cached in ([1, 2, 3, 9], [1, 2, 3, 4, 5, 6], [9, 9]):
+        use(slots, kv, [cached[0]], cached)
+    assert sorted(entry.tokens for entry in slots.parked) == [[1, 2, 3, 4, 5, 6], [1, 2, 3, 9], [9, 9]]
+    kv.calls.clear()
     lease = slots.acquire([1, 2, 3, 4, 7, 8])
-    assert (lease.slot, lease.num_reused) == (1, 4)
-    assert trim.calls == [(1, 4)]
-    assert slots.slots[1].tokens == [1, 2, 3, 4]
+    assert lease.num_reused == 4 and lease.slot != running.slot
+    assert kv.calls == [("restore", lease.slot, 60), ("trim", lease.slot, 4)]
+    assert slots.slots[lease.slot].tokens == [1, 2, 3, 4]
+    assert sorted(entry.tokens for entry in slots.parked) == [[1, 2, 3, 9], [9, 9]]
+
+
+def test_an_idle_cache_stays_in_its_slot_while_nothing_runs():
+    kv = FakeKv()
+    slots = SlotTable(2, kv, park_budget=10_000)
+    slot = use(slots, kv, [1], [1, 2, 3, 4, 5, 6])
+    lease = slots.acquire([1, 2, 3, 4, 7])  # a lone chat's next turn: no copy, just a trim
+    assert (lease.slot, lease.num_reused) == (slot, 4)
+    assert [call[0] for call in kv.calls] == ["trim", "trim"] and not slots.parked
+
+
+def test_idle_caches_are_parked_whenever_a_slot_is_busy():
+    kv = FakeKv()
+    slots = SlotTable(3, kv, park_budget=10_000)
+    first = use(slots, kv, [1], [1, 2, 3])
+    other = slots.acquire([7, 8])  # a different prompt: another slot, and the first one's KV leaves the context
+    assert other.slot != first and ("save", first) in kv.calls and kv.held[first] == 0
+    assert [entry.tokens for entry in slots.parked] == [[1, 2, 3]]
+    kv.compute(other.slot, 3)
+    slots.release(other.slot, [7, 8, 9])  # nothing else runs: it stays
+    assert kv.held[other.slot] == 3 and slots.slots[other.slot].tokens == [7, 8, 9]
+    busy = slots.acquire([5])
+    kv.compute(busy.slot, 1)
+    assert kv.held[other.slot] == 0 and len(slots.parked) == 2
+    third = slots.acquire([6])
+    kv.compute(third.slot, 2)
+    slots.release(third.slot, [6, 6])  # released while another slot runs: parked at once
+    assert kv.held[third.slot] == 0 and [6, 6] in [entry.tokens for entry in slots.parked]
+
+
+def test_parked_caches_stay_within_the_budget_least_recently_used_dropped_first():
+    kv = FakeKv()
+    slots = SlotTable(2, kv, park_budget=100)  # 10 positions
+    slots.acquire([0])
+    for cached in ([1] * 4, [2] * 4, [3] * 4):
+        use(slots, kv, cached[:1], cached)
+    assert [entry.tokens for entry in slots.parked] == [[2] * 4, [3] * 4] and slots.num_parked_bytes == 80
+    use(slots, kv, [4], [4] * 11)  # larger than the whole budget: not kept
+    assert [entry.tokens for entry in slots.parked] == [[2] * 4, [3] * 4]
+
+
+def test_a_parked_cache_that_a_newer_one_extends_is_dropped():
+    kv = FakeKv()
+    slots = SlotTable(2, kv, park_budget=10_000)
+    slots.acquire([0])
+    use(slots, kv, [1], [1, 2, 3])
+    use(slots, kv, [1, 2, 3, 4], [1, 2, 3, 4, 5])  # the same chat, one turn on: restores, then parks again
+    assert [entry.tokens for entry in slots.parked] == [[1, 2, 3, 4, 5]]
+
+
+def test_a_restore_without_room_computes_the_whole_prompt():
+    kv = FakeKv(has_room=False)
+    slots = SlotTable(2, kv, park_budget=10_000)
+    slots.acquire([0])
+    use(slots, kv, [1], [1, 2, 3])
+    lease = slots.acquire([1, 2, 3, 4])
+    assert lease.num_reused == 0 and slots.slots[lease.slot].tokens == [] and not slots.parked
+
+
+def test_without_a_budget_idle_caches_are_dropped_rather_than_parked():
+    kv = FakeKv()
+    slots = SlotTable(2, kv)
+    first = use(slots, kv, [1], [1, 2, 3])
+    slots.acquire([5])
+    assert kv.held[first] == 0 and not slots.parked and ("trim", first, 0) in kv.calls
+    assert not any(call[0] == "save" for call in kv.calls)
 
 
 def test_the_last_prompt_token_is_always_recomputed():
-    slots = SlotTable(1, RecordingTrim())
+    slots = SlotTable(1, FakeKv())
     slots.acquire([0])
     slots.release(0, [5, 6, 7, 8])
     lease = slots.acquire([5, 6, 7, 8])  # identical prompt: reuse all but the last token
@@ -152,7 +253,7 @@ def test_the_last_prompt_token_is_always_recomputed():
 
 
 def test_ties_go_to_the_least_recently_used_slot():
-    slots = SlotTable(3, RecordingTrim())
+    slots = SlotTable(3, FakeKv())
     for _ in range(3):
         slots.acquire([0])
     for slot_id in (2, 0, 1):  # released in this order: slot 2 is the least recently used
@@ -162,7 +263,7 @@ def test_ties_go_to_the_least_recently_used_slot():
 
 
 def test_a_cache_that_cannot_keep_a_partial_prefix_is_reused_from_zero():
-    slots = SlotTable(1, lambda slot, keep: 0)  # e.g. a sliding-window cache that lost early positions
+    slots = SlotTable(1, FakeKv(can_keep_partial=False))  # e.g. a sliding-window cache that lost early positions
     slots.acquire([0])
     slots.release(0, [1, 2, 3, 4])
     lease = slots.acquire([1, 2, 3, 4, 5])
@@ -170,7 +271,7 @@ def test_a_cache_that_cannot_keep_a_partial_prefix_is_reused_from_zero():
 
 
 def test_busy_slots_are_never_handed_out():
-    slots = SlotTable(2, RecordingTrim())
+    slots = SlotTable(2, FakeKv())
     assert slots.acquire([1]) is not None and slots.acquire([1]) is not None
     assert slots.acquire([1]) is None
     assert slots.num_busy == 2 and slots.num_free == 0
@@ -184,6 +285,6 @@ def test_common_prefix_length(a, b, expected):
 
 def test_configuration_errors_are_clear():
     with pytest.raises(ValueError, match="num_slots"):
-        SlotTable(0, RecordingTrim())
+        SlotTable(0, FakeKv())
     with pytest.raises(ValueError, match="num_batch must be at least the number of slots"):
-        Scheduler(SlotTable(4, RecordingTrim()), 3)
+        Scheduler(SlotTable(4, FakeKv()), 3)

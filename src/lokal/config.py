@@ -98,7 +98,10 @@ SETTINGS: tuple[Setting, ...] = (
             int, "OLLAMA_MAX_QUEUE"),
     Setting("LOKAL_CONTEXT_LENGTH", "", "Context length per sequence (default 4096, or the model's if smaller).",
             parse_optional_int, "OLLAMA_CONTEXT_LENGTH"),
-    Setting("LOKAL_FLASH_ATTENTION", "0", "Use flash attention in llama.cpp.", parse_bool, "OLLAMA_FLASH_ATTENTION"),
+    Setting("LOKAL_PROMPT_CACHE", "512", "MiB of memory per model for idle requests' KV, kept for prompts that "
+            "continue them (0: none).", int),
+    Setting("LOKAL_FLASH_ATTENTION", "1", "Flash attention where llama.cpp supports it for the model (faster decoding).",
+            parse_bool, "OLLAMA_FLASH_ATTENTION"),
     Setting("LOKAL_NUM_THREAD", "", "CPU threads for inference (default: physical cores).",
             parse_optional_int, "OLLAMA_NUM_THREAD"),
     Setting("LOKAL_ORIGINS", "", "Extra allowed CORS origins, comma separated.", parse_list, "OLLAMA_ORIGINS"),

@@ -256,6 +256,7 @@ class Runtime:
             use_mmap=load.use_mmap,
             use_mlock=load.use_mlock,
             flash_attention=self.settings.flash_attention if load.flash_attention is None else load.flash_attention,
+            prompt_cache=self.settings.prompt_cache << 20,
         )
 
     async def _acquire(self, name: ModelName, entry: ModelEntry, load: LoadOptions) -> tuple[LoadedModel, int]:

@@ -45,14 +45,17 @@ class EngineConfig:
     num_gpu: int = -1  # layers to offload; -1 all
     use_mmap: bool = True
     use_mlock: bool = False
-    flash_attention: bool = False
+    flash_attention: bool = True  # where llama.cpp supports it for the model
     embedding: bool = False  # embedding-only use: no generation context at all
+    prompt_cache: int = 512 << 20  # bytes of idle slots' KV parked in host memory for prefix reuse (kv.py)
 
     def __post_init__(self) -> None:
         if self.num_ctx < 16:
             raise ConfigError("num_ctx must be at least 16")
         if self.num_parallel < 1:
             raise ConfigError("num_parallel must be at least 1")
+        if self.prompt_cache < 0:
+            raise ConfigError("prompt_cache must be 0 or more bytes")
         if self.num_batch < 1:
             raise ConfigError("num_batch must be at least 1")
 
@@ -261,7 +264,7 @@ class Engine:
         except BaseException as exc:
             ready.set_exception(exc)
             return
-        self._scheduler = Scheduler(SlotTable(self.config.num_parallel, runner.trim), self.config.batch_size)
+        self._scheduler = Scheduler(SlotTable(self.config.num_parallel, runner, self.config.prompt_cache), self.config.batch_size)
         ready.set_result(runner)
 
     def _ensure_worker(self) -> None:

@@ -1,7 +1,7 @@
 """Runner for GGUF models: the only module that calls llama.cpp (llama-cpp-python's low-level ctypes API).
 
-It owns the model, one llama context for generation (``n_seq_max = num_parallel`` sequences, each with a
-KV stream of its own), one preallocated batch, every sampler chain, and, created on first use, a second
+It owns the model, one llama context for generation (``n_seq_max = num_parallel`` sequences over one
+unified KV cache), one preallocated batch, every sampler chain, and, created on first use, a second
 small context for embeddings. The engine thread makes every call except those that only read the
 vocabulary (tokenize, detokenize, token pieces, building a sampler chain); llama.cpp's vocabulary is
 immutable after load and its tokenizer keeps per-call state, so those are safe from any thread.
@@ -255,13 +255,14 @@ class Runner:
 
     def _open_generation_context(self) -> None:
         config = self.config
-        # A KV stream per slot, not one unified cache: there every sequence's attention spans the cells all the
-        # others hold, so the prefixes idle slots keep for reuse slowed a lone stream 1.4x at 200 cached tokens
-        # per slot and 3x at 1000 (a row of benchmarks/engine_ceiling.py); separate streams keep each decode to
-        # its own cells.
+        # One unified KV cache: llama.cpp splits a batch over per-sequence KV streams into one micro-batch per
+        # run of consecutive sequence ids, so scattered busy slots would cost a full forward pass each.
+        # In a unified cache every sequence's attention spans the cells all slots hold (prefixes kept for
+        # reuse included); flash attention keeps that cheap: a lone stream beside 7 slots caching 1,000 tokens
+        # each decodes at 75 % of its speed with it, at 31 % without (a row of benchmarks/engine_ceiling.py).
         params = self._context_params(n_ctx=config.num_ctx * config.num_parallel, n_batch=config.batch_size,
-                                      n_seq_max=config.num_parallel, kv_unified=False)
-        params.flash_attn_type = (llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if config.flash_attention
+                                      n_seq_max=config.num_parallel, kv_unified=True)
+        params.flash_attn_type = (llama.LLAMA_FLASH_ATTN_TYPE_AUTO if config.flash_attention
                                   else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         self._ctx = llama.llama_init_from_model(self._model, params)
         if not self._ctx:
@@ -328,6 +329,23 @@ class Runner:
             llama.llama_memory_seq_rm(memory, slot, -1, -1)
             keep = 0
         return keep
+
+    def save_slot(self, slot: int) -> ctypes.Array:
+        """Copy slot ``slot``'s KV out (llama.cpp's sequence state format), then clear the slot."""
+        size = llama.llama_state_seq_get_size(self._ctx, slot)
+        saved = (ctypes.c_uint8 * size)()
+        written = llama.llama_state_seq_get_data(self._ctx, saved, size, slot)
+        llama.llama_memory_seq_rm(self._memory, slot, -1, -1)
+        if written != size:
+            raise LokalError(f"saving the KV of slot {slot} wrote {written} of {size} bytes")
+        return saved
+
+    def restore_slot(self, slot: int, saved: ctypes.Array) -> bool:
+        """Copy KV saved by ``save_slot`` into slot ``slot`` (emptied first); False when it finds no room."""
+        if llama.llama_state_seq_set_data(self._ctx, saved, len(saved), slot) == 0:
+            llama.llama_memory_seq_rm(self._memory, slot, -1, -1)
+            return False
+        return True
 
     # ---- embeddings (engine thread) ---------------------------------------------------------------------
 
