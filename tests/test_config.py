@@ -19,6 +19,8 @@ def test_defaults_are_ollamas():
     assert settings.num_parallel == 4
     assert settings.context_length is None
     assert settings.flash_attention is True
+    assert settings.kv_cache_type == "q8_0"  # not Ollama's f16: half the KV memory (see README)
+    assert settings.prompt_cache == 512
     assert settings.source("LOKAL_HOST") == "default"
 
 
@@ -72,3 +74,11 @@ def test_invalid_values_name_the_variable():
         Settings(environ={"LOKAL_KEEP_ALIVE": "soon"})
     with pytest.raises(ConfigError, match="at least 1"):
         Settings(environ={"LOKAL_NUM_PARALLEL": "0"})
+    with pytest.raises(ConfigError, match="OLLAMA_KV_CACHE_TYPE: expected one of f16, q8_0, q4_0"):
+        Settings(environ={"OLLAMA_KV_CACHE_TYPE": "fp8"})
+    with pytest.raises(ConfigError, match="LOKAL_PROMPT_CACHE must be 0 or more"):
+        Settings(environ={"LOKAL_PROMPT_CACHE": "-1"})
+
+
+def test_kv_cache_type_takes_ollamas_variable_in_any_case():
+    assert Settings(environ={"OLLAMA_KV_CACHE_TYPE": "F16"}).kv_cache_type == "f16"

@@ -354,3 +354,25 @@ def wait_for(condition) -> None:
 def wait_until_idle(engine: Engine) -> None:
     wait_for(lambda: engine.stats().num_busy == 0 and engine.stats().num_waiting == 0)
     assert engine.num_live_samplers == 0
+
+
+@pytest.mark.parametrize("kv_cache_type", ["q8_0", "q4_0"])
+def test_a_quantized_kv_cache_takes_less_memory_and_still_answers(smollm2_path, kv_cache_type):
+    from lokal.hardware import KV_CACHE_TYPES, estimate_memory
+    from lokal.store.gguf_info import read_details
+
+    metadata = read_details(smollm2_path).metadata
+    f16 = estimate_memory(0, metadata, 4096, "f16").kv_cache
+    assert estimate_memory(0, metadata, 4096, kv_cache_type).kv_cache == int(f16 * KV_CACHE_TYPES[kv_cache_type] / 2)
+    with Engine(smollm2_path, EngineConfig(num_ctx=256, num_parallel=1, kv_cache_type=kv_cache_type)) as engine:
+        text, _, done = generate(engine, engine.tokenize("1, 2, 3, 4, 5,"), greedy(num_predict=6))
+        assert text.strip().startswith("6") and done.eval_count == 6
+
+
+def test_a_quantized_kv_cache_without_flash_attention_falls_back_to_f16(smollm2_path, caplog):
+    # llama.cpp needs flash attention for a quantized V cache: the engine loads with f16 rather than failing.
+    config = EngineConfig(num_ctx=256, num_parallel=1, kv_cache_type="q8_0", flash_attention=False)
+    with caplog.at_level("WARNING", logger="lokal.engine"), Engine(smollm2_path, config) as engine:
+        text, _, _ = generate(engine, engine.tokenize("1, 2, 3, 4, 5,"), greedy(num_predict=4))
+        assert text.strip().startswith("6")
+    assert "using f16" in caplog.text

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from lokal.errors import ConfigError
+from lokal.hardware import KV_CACHE_TYPES
 
 DEFAULT_PORT = 11434
 
@@ -70,6 +71,13 @@ def parse_optional_int(raw: str) -> int | None:
     return int(raw) if raw.strip() else None
 
 
+def parse_kv_cache_type(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in KV_CACHE_TYPES:
+        raise ValueError(f"expected one of {', '.join(KV_CACHE_TYPES)}, got {raw!r}")
+    return value
+
+
 def parse_list(raw: str) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
@@ -100,6 +108,8 @@ SETTINGS: tuple[Setting, ...] = (
             parse_optional_int, "OLLAMA_CONTEXT_LENGTH"),
     Setting("LOKAL_PROMPT_CACHE", "512", "MiB of memory per model for idle requests' KV, kept for prompts that "
             "continue them (0: none).", int),
+    Setting("LOKAL_KV_CACHE_TYPE", "q8_0", "KV cache element type: f16, q8_0 (half of f16's memory) or q4_0.",
+            parse_kv_cache_type, "OLLAMA_KV_CACHE_TYPE"),
     Setting("LOKAL_FLASH_ATTENTION", "1", "Flash attention where llama.cpp supports it for the model (faster decoding).",
             parse_bool, "OLLAMA_FLASH_ATTENTION"),
     Setting("LOKAL_NUM_THREAD", "", "CPU threads for inference (default: physical cores).",
@@ -148,6 +158,8 @@ class Settings:
             raise ConfigError("LOKAL_NUM_PARALLEL must be at least 1")
         if self.max_loaded_models < 1:
             raise ConfigError("LOKAL_MAX_LOADED_MODELS must be at least 1")
+        if self.prompt_cache < 0:
+            raise ConfigError("LOKAL_PROMPT_CACHE must be 0 or more (MiB)")
 
     def __getattr__(self, attribute: str) -> Any:
         name = "LOKAL_" + attribute.upper()

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-# llama.cpp keeps the KV cache in f16 by default: 2 bytes per element.
-_KV_BYTES_PER_ELEMENT = 2
+# KV cache types (Ollama's OLLAMA_KV_CACHE_TYPE names) and their bytes per element: q8_0 and q4_0 store blocks of
+# 32 values with one f16 scale.
+KV_CACHE_TYPES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 # Compute buffers, the vocabulary and allocator slack on top of weights + KV (measured on SmolLM2: ~60 MB).
 _OVERHEAD_BYTES = 96 * 1024 * 1024
 
@@ -50,8 +51,9 @@ class MemoryEstimate:
         return self.weights + self.kv_cache + self.overhead
 
 
-def estimate_memory(weights_bytes: int, metadata: dict[str, object], n_ctx_total: int) -> MemoryEstimate:
-    """Weights (file size; mmap pages them in) plus KV cache: layers × context × (K + V widths) × f16.
+def estimate_memory(weights_bytes: int, metadata: dict[str, object], n_ctx_total: int,
+                    kv_cache_type: str = "f16") -> MemoryEstimate:
+    """Weights (file size; mmap pages them in) plus KV cache: layers × context × (K + V widths) × element size.
 
     K/V widths come from the GGUF head counts; grouped-query attention shrinks them by
     head_count / head_count_kv. Missing metadata falls back to the embedding width (an upper bound).
@@ -74,5 +76,5 @@ def estimate_memory(weights_bytes: int, metadata: dict[str, object], n_ctx_total
     head_dim_k = meta_int("attention.key_length", n_embd // n_head)
     head_dim_v = meta_int("attention.value_length", n_embd // n_head)
     kv_width = n_head_kv * (head_dim_k + head_dim_v)
-    kv = n_layer * n_ctx_total * kv_width * _KV_BYTES_PER_ELEMENT
+    kv = int(n_layer * n_ctx_total * kv_width * KV_CACHE_TYPES[kv_cache_type])
     return MemoryEstimate(weights=weights_bytes, kv_cache=kv)

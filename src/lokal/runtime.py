@@ -257,6 +257,7 @@ class Runtime:
             use_mlock=load.use_mlock,
             flash_attention=self.settings.flash_attention if load.flash_attention is None else load.flash_attention,
             prompt_cache=self.settings.prompt_cache << 20,
+            kv_cache_type=self.settings.kv_cache_type,
         )
 
     async def _acquire(self, name: ModelName, entry: ModelEntry, load: LoadOptions) -> tuple[LoadedModel, int]:
@@ -288,7 +289,8 @@ class Runtime:
     async def _make_room(self, key: str, path: Any, details: ModelDetails, config: EngineConfig) -> bool:
         """Evict idle models until the new one fits; False when it must wait for busy ones."""
         needed = estimate_memory(path.stat().st_size, details.metadata,
-                                 config.num_ctx * config.num_parallel).total
+                                 config.num_ctx * config.num_parallel,
+                                 config.kv_cache_type).total
         idle = sorted((m for m in self._loaded.values() if m.is_idle), key=lambda m: m.last_used)
         while len(self._loaded) >= self.settings.max_loaded_models:
             if not idle:
@@ -314,7 +316,8 @@ class Runtime:
         template_override = self.store.layer_text(entry, "template")
         template = ChatTemplate.from_model(details.chat_template, template_override,
                                          architecture=details.architecture)
-        memory = estimate_memory(path.stat().st_size, details.metadata, config.num_ctx * config.num_parallel).total
+        memory = estimate_memory(path.stat().st_size, details.metadata, config.num_ctx * config.num_parallel,
+                                 config.kv_cache_type).total
         model = LoadedModel(key=key, entry=entry, engine=engine, details=details, template=template,
                             config=config, memory=memory)
         self._loaded[key] = model

@@ -31,6 +31,7 @@ from lokal.errors import (
     ServerBusy,
     UnsupportedCapability,
 )
+from lokal.hardware import KV_CACHE_TYPES
 from lokal.types import Done, DoneReason, Event, SamplingOptions, Token
 
 log = logging.getLogger("lokal.engine")
@@ -46,6 +47,7 @@ class EngineConfig:
     use_mmap: bool = True
     use_mlock: bool = False
     flash_attention: bool = True  # where llama.cpp supports it for the model
+    kv_cache_type: str = "f16"  # a key of lokal.hardware.KV_CACHE_TYPES
     embedding: bool = False  # embedding-only use: no generation context at all
     prompt_cache: int = 512 << 20  # bytes of idle slots' KV parked in host memory for prefix reuse (kv.py)
 
@@ -54,6 +56,8 @@ class EngineConfig:
             raise ConfigError("num_ctx must be at least 16")
         if self.num_parallel < 1:
             raise ConfigError("num_parallel must be at least 1")
+        if self.kv_cache_type not in KV_CACHE_TYPES:
+            raise ConfigError(f"kv_cache_type must be one of {', '.join(KV_CACHE_TYPES)}")
         if self.prompt_cache < 0:
             raise ConfigError("prompt_cache must be 0 or more bytes")
         if self.num_batch < 1:

@@ -10,6 +10,7 @@ immutable after load and its tokenizer keeps per-call state, so those are safe f
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 import os
 import threading
@@ -45,6 +46,11 @@ def set_llama_logging(enabled: bool) -> None:
         llama.llama_log_set(llama_log_callback, ctypes.c_void_p(0))
     else:
         llama.llama_log_set(_discard_log, ctypes.c_void_p(0))
+
+
+log = logging.getLogger("lokal.engine")
+
+_KV_CACHE_GGML_TYPES = {"f16": llama.GGML_TYPE_F16, "q8_0": llama.GGML_TYPE_Q8_0, "q4_0": llama.GGML_TYPE_Q4_0}
 
 
 def extra_buffers_are_safe() -> bool:
@@ -264,7 +270,14 @@ class Runner:
                                       n_seq_max=config.num_parallel, kv_unified=True)
         params.flash_attn_type = (llama.LLAMA_FLASH_ATTN_TYPE_AUTO if config.flash_attention
                                   else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        params.type_k = params.type_v = _KV_CACHE_GGML_TYPES[config.kv_cache_type]
         self._ctx = llama.llama_init_from_model(self._model, params)
+        if not self._ctx and config.kv_cache_type != "f16":
+            # A quantized V cache needs flash attention, which llama.cpp may not run for this model (or it is
+            # switched off): f16 always works, at twice the memory.
+            log.warning("llama.cpp refused a %s KV cache for this model; using f16", config.kv_cache_type)
+            params.type_k = params.type_v = _KV_CACHE_GGML_TYPES["f16"]
+            self._ctx = llama.llama_init_from_model(self._model, params)
         if not self._ctx:
             self.close()
             raise ModelLoadError(f"llama.cpp could not create a context of {params.n_ctx} tokens")
