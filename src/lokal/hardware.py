@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,14 @@ def available_memory() -> int:
     available = _meminfo_available()
     limit = _cgroup_limit_remaining()
     return min(available, limit) if limit is not None else available
+
+
+def process_rss() -> int | None:
+    """Resident bytes of this process (Linux), None elsewhere: for the residency log lines."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _meminfo_available() -> int:

@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Iterator
 from lokal.config import Settings, physical_cores
 from lokal.engine import AsyncSink, Engine, EngineConfig, grammar_for
 from lokal.errors import BadRequest, InsufficientMemory, ModelLoadError, ServerBusy, UnsupportedCapability
-from lokal.hardware import available_memory, estimate_memory
+from lokal.hardware import available_memory, estimate_memory, process_rss
 from lokal.prompt import build_prompt
 from lokal.store.gguf_info import ModelDetails, read_details
 from lokal.store.names import ModelName
@@ -178,7 +178,7 @@ class Runtime:
             if loaded is None:
                 return
             if loaded.is_idle:
-                await self._evict(loaded)
+                await self._evict(loaded, why="unload requested")
             else:
                 loaded.keep_alive = 0  # unloads as soon as its last request finishes
 
@@ -209,7 +209,7 @@ class Runtime:
         self._closed = True
         async with self._lock:
             for model in list(self._loaded.values()):
-                await self._evict(model, reason="the server is shutting down")
+                await self._evict(model, why="server shutting down", reason="the server is shutting down")
 
     # ---- residency --------------------------------------------------------------------------------
 
@@ -237,6 +237,8 @@ class Runtime:
             raise ServerBusy("server is shutting down")
         capacity = sum(m.config.num_parallel for m in self._loaded.values())
         if self._num_in_flight - capacity >= self.settings.max_queue:
+            log.warning("refused a request with 503: %d waiting, LOKAL_MAX_QUEUE=%d",
+                        self._num_in_flight - capacity, self.settings.max_queue)
             raise ServerBusy(f"server busy: more than {self.settings.max_queue} requests waiting (LOKAL_MAX_QUEUE)")
         self._num_in_flight += 1
         try:
@@ -276,9 +278,9 @@ class Runtime:
                     self._mark_busy(loaded)
                     return loaded, 0
                 if loaded is not None and loaded.is_idle:
-                    await self._evict(loaded)  # load options or the model itself changed: reload
+                    await self._evict(loaded, why="load options or the model changed")  # reload
                     loaded = None
-                if loaded is None and await self._make_room(key, path, details, wanted):
+                if loaded is None and await self._make_room(entry.name.display, path, details, wanted):
                     started = time.perf_counter_ns()
                     model = await self._load(key, entry, path, details, wanted)
                     self._mark_busy(model)
@@ -286,7 +288,7 @@ class Runtime:
                 # The model is busy with other options, or every slot holds a busy model: wait for a change.
                 await self._changed.wait()
 
-    async def _make_room(self, key: str, path: Any, details: ModelDetails, config: EngineConfig) -> bool:
+    async def _make_room(self, name: str, path: Any, details: ModelDetails, config: EngineConfig) -> bool:
         """Evict idle models until the new one fits; False when it must wait for busy ones."""
         needed = estimate_memory(path.stat().st_size, details.metadata,
                                  config.num_ctx * config.num_parallel,
@@ -295,7 +297,8 @@ class Runtime:
         while len(self._loaded) >= self.settings.max_loaded_models:
             if not idle:
                 return False
-            await self._evict(idle.pop(0))
+            await self._evict(idle.pop(0), why=f"LOKAL_MAX_LOADED_MODELS={self.settings.max_loaded_models}, "
+                                                f"least recently used, making room for {name}")
         while needed > available_memory():
             if not idle:
                 if not self._loaded:
@@ -303,12 +306,14 @@ class Runtime:
                         f"model requires {needed / 1e9:.1f} GB of memory but only "
                         f"{available_memory() / 1e9:.1f} GB is available; try a smaller num_ctx or num_parallel")
                 return False
-            await self._evict(idle.pop(0))
+            await self._evict(idle.pop(0), why=f"memory: {name} needs {needed / 1e9:.2f} GB, "
+                                                f"{available_memory() / 1e9:.2f} GB available")
         return True
 
     async def _load(self, key: str, entry: ModelEntry, path: Any, details: ModelDetails,
                     config: EngineConfig) -> LoadedModel:
         log.info("loading %s (num_ctx=%d, num_parallel=%d)", entry.name.display, config.num_ctx, config.num_parallel)
+        started = time.perf_counter()
         try:
             engine = await asyncio.to_thread(Engine, str(path), config)
         except Exception as exc:  # llama.cpp reports load failures as a bare None/ValueError
@@ -321,7 +326,15 @@ class Runtime:
         model = LoadedModel(key=key, entry=entry, engine=engine, details=details, template=template,
                             config=config, memory=memory)
         self._loaded[key] = model
+        log.info("loaded %s in %.2f s: %s KV cache, %.0f MB estimated; %s", entry.name.display,
+                 time.perf_counter() - started, config.kv_cache_type, memory / 1e6, self._residency())
         return model
+
+    def _residency(self) -> str:
+        """Models loaded and process memory, the tail of every load/unload log line."""
+        rss = process_rss()
+        return (f"{len(self._loaded)} of {self.settings.max_loaded_models} models loaded"
+                + (f", process RSS {rss / 1e6:.0f} MB" if rss is not None else ""))
 
     def _mark_busy(self, model: LoadedModel) -> None:
         model.num_active += 1
@@ -352,18 +365,20 @@ class Runtime:
     async def _expire(self, model: LoadedModel) -> None:
         async with self._lock:
             if self._loaded.get(model.key) is model and model.is_idle:
-                log.info("keep_alive expired: unloading %s", model.entry.name.display)
-                await self._evict(model)
+                await self._evict(model, why=f"keep_alive {model.keep_alive:g} s expired")
 
-    async def _evict(self, model: LoadedModel, reason: str = "the model was unloaded before the request finished"
-                     ) -> None:
-        """Unload a model; requests still running on it end with ``reason``. Caller holds self._lock."""
+    async def _evict(self, model: LoadedModel, why: str,
+                     reason: str = "the model was unloaded before the request finished") -> None:
+        """Unload a model (``why`` goes to the log); requests still running on it end with ``reason``.
+        Caller holds self._lock."""
         if self._loaded.get(model.key) is model:
             del self._loaded[model.key]
         if model.expiry_timer is not None:
             model.expiry_timer.cancel()
-        log.info("unloading %s", model.entry.name.display)
+        started = time.perf_counter()
         await asyncio.to_thread(model.engine.close, reason)
+        log.info("unloaded %s (%s) in %.2f s; %s", model.entry.name.display, why, time.perf_counter() - started,
+                 self._residency())
         self._changed.notify_all()
 
 
