@@ -128,7 +128,7 @@ class DecodeLoop:
         params.n_seq_max = concurrency
         params.kv_unified = True
         params.n_threads = params.n_threads_batch = self.num_threads
-        params.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_AUTO
+        params.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_DISABLED  # lokal's default
         params.no_perf = True
         ctx = llama.llama_init_from_model(self.model, params)
         batch = llama.llama_batch_init(n_batch, 0, 1)
@@ -286,7 +286,7 @@ def llama_cpp_python_server(args: argparse.Namespace, workdir: Path) -> Any:
     command = [sys.executable, str(Path(__file__).resolve()), SERVE_LLAMA_CPP_PYTHON, "--model", model_path(),
                "--model_alias", MODEL, "--host", "127.0.0.1", "--port", str(port), "--n_threads", str(args.threads),
                "--n_threads_batch", str(args.threads), "--n_ctx", str(args.num_ctx), "--n_batch", "512",
-               "--verbose", "False", "--flash_attn", "True",  # as lokal loads by default
+               "--verbose", "False",
                "--interrupt_requests", "False"]  # its default cuts a running stream off when another request comes
     return started("llama-cpp-python", command, clean_env(), port, workdir)
 

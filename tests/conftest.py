@@ -55,7 +55,7 @@ def _greedy_reference(model_path: str, prompt: list[int], num_tokens: int, n_ctx
     params = llama.llama_context_default_params()
     params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, 512, 512
     params.n_threads = params.n_threads_batch = physical_cores()
-    params.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_AUTO  # as the engine loads by default
+    params.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as the engine loads by default
     ctx = llama.llama_init_from_model(model, params)
     batch = llama.llama_batch_init(512, 0, 1)
     generated: list[int] = []

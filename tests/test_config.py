@@ -18,8 +18,8 @@ def test_defaults_are_ollamas():
     assert settings.max_queue == 512
     assert settings.num_parallel == 4
     assert settings.context_length is None
-    assert settings.flash_attention is True
-    assert settings.kv_cache_type == "q8_0"  # not Ollama's f16: half the KV memory (see README)
+    assert settings.flash_attention is False
+    assert settings.kv_cache_type == "f16"
     assert settings.prompt_cache == 512
     assert settings.source("LOKAL_HOST") == "default"
 

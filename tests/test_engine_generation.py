@@ -357,16 +357,18 @@ def wait_until_idle(engine: Engine) -> None:
 
 
 @pytest.mark.parametrize("kv_cache_type", ["q8_0", "q4_0"])
-def test_a_quantized_kv_cache_takes_less_memory_and_still_answers(smollm2_path, kv_cache_type):
+def test_a_quantized_kv_cache_takes_less_memory_and_still_answers(smollm2_path, kv_cache_type, caplog):
     from lokal.hardware import KV_CACHE_TYPES, estimate_memory
     from lokal.store.gguf_info import read_details
 
     metadata = read_details(smollm2_path).metadata
     f16 = estimate_memory(0, metadata, 4096, "f16").kv_cache
     assert estimate_memory(0, metadata, 4096, kv_cache_type).kv_cache == int(f16 * KV_CACHE_TYPES[kv_cache_type] / 2)
-    with Engine(smollm2_path, EngineConfig(num_ctx=256, num_parallel=1, kv_cache_type=kv_cache_type)) as engine:
+    config = EngineConfig(num_ctx=256, num_parallel=1, kv_cache_type=kv_cache_type, flash_attention=True)
+    with Engine(smollm2_path, config) as engine:
         text, _, done = generate(engine, engine.tokenize("1, 2, 3, 4, 5,"), greedy(num_predict=6))
         assert text.strip().startswith("6") and done.eval_count == 6
+    assert "using f16" not in caplog.text  # with flash attention, llama.cpp takes the quantized cache
 
 
 def test_a_quantized_kv_cache_without_flash_attention_falls_back_to_f16(smollm2_path, caplog):

@@ -108,9 +108,9 @@ SETTINGS: tuple[Setting, ...] = (
             parse_optional_int, "OLLAMA_CONTEXT_LENGTH"),
     Setting("LOKAL_PROMPT_CACHE", "512", "MiB of memory per model for idle requests' KV, kept for prompts that "
             "continue them (0: none).", int),
-    Setting("LOKAL_KV_CACHE_TYPE", "q8_0", "KV cache element type: f16, q8_0 (half of f16's memory) or q4_0.",
+    Setting("LOKAL_KV_CACHE_TYPE", "f16", "KV cache element type: f16, q8_0 (half of f16's memory) or q4_0.",
             parse_kv_cache_type, "OLLAMA_KV_CACHE_TYPE"),
-    Setting("LOKAL_FLASH_ATTENTION", "1", "Flash attention where llama.cpp supports it for the model (faster decoding).",
+    Setting("LOKAL_FLASH_ATTENTION", "0", "Flash attention where llama.cpp supports it for the model.",
             parse_bool, "OLLAMA_FLASH_ATTENTION"),
     Setting("LOKAL_NUM_THREAD", "", "CPU threads for inference (default: physical cores).",
             parse_optional_int, "OLLAMA_NUM_THREAD"),

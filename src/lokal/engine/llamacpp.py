@@ -262,10 +262,9 @@ class Runner:
     def _open_generation_context(self) -> None:
         config = self.config
         # One unified KV cache: llama.cpp splits a batch over per-sequence KV streams into one micro-batch per
-        # run of consecutive sequence ids, so scattered busy slots would cost a full forward pass each.
-        # In a unified cache every sequence's attention spans the cells all slots hold (prefixes kept for
-        # reuse included); flash attention keeps that cheap: a lone stream beside 7 slots caching 1,000 tokens
-        # each decodes at 75 % of its speed with it, at 31 % without (a row of benchmarks/engine_ceiling.py).
+        # run of consecutive sequence ids, so scattered busy slots would cost a full forward pass each. In a
+        # unified cache every sequence's attention spans every cell in use, which is why idle slots' KV is
+        # parked in host memory while others run (kv.py).
         params = self._context_params(n_ctx=config.num_ctx * config.num_parallel, n_batch=config.batch_size,
                                       n_seq_max=config.num_parallel, kv_unified=True)
         params.flash_attn_type = (llama.LLAMA_FLASH_ATTN_TYPE_AUTO if config.flash_attention
