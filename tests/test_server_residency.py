@@ -3,6 +3,7 @@ expiry, a full queue, and the log lines that make each of those events visible w
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ def generate(url: str, model: str, **body) -> httpx.Response:
 
 
 def process_rss(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * 4096
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def test_two_models_alternating_with_room_for_one_stay_correct_and_bounded(two_model_store, tmp_path):
