@@ -280,19 +280,22 @@ class Runtime:
                 if loaded is not None and loaded.is_idle:
                     await self._evict(loaded, why="load options or the model changed")  # reload
                     loaded = None
-                if loaded is None and await self._make_room(entry.name.display, path, details, wanted):
-                    started = time.perf_counter_ns()
-                    model = await self._load(key, entry, path, details, wanted)
-                    self._mark_busy(model)
-                    return model, time.perf_counter_ns() - started
+                if loaded is None:
+                    memory = estimate_memory(path.stat().st_size, details.metadata,
+                                             wanted.num_ctx * wanted.num_parallel, wanted.kv_cache_type).total
+                    if await self._make_room(entry.name.display, memory):
+                        started = time.perf_counter_ns()
+                        model = await self._load(key, entry, path, details, wanted, memory)
+                        load_ns = time.perf_counter_ns() - started
+                        log.info("loaded %s in %.2f s: %s KV cache, %.0f MB estimated; %s", entry.name.display,
+                                 load_ns / 1e9, wanted.kv_cache_type, memory / 1e6, self._residency())
+                        self._mark_busy(model)
+                        return model, load_ns
                 # The model is busy with other options, or every slot holds a busy model: wait for a change.
                 await self._changed.wait()
 
-    async def _make_room(self, name: str, path: Any, details: ModelDetails, config: EngineConfig) -> bool:
-        """Evict idle models until the new one fits; False when it must wait for busy ones."""
-        needed = estimate_memory(path.stat().st_size, details.metadata,
-                                 config.num_ctx * config.num_parallel,
-                                 config.kv_cache_type).total
+    async def _make_room(self, name: str, needed: int) -> bool:
+        """Evict idle models until model ``name`` (``needed`` bytes) fits; False when it must wait for busy ones."""
         idle = sorted((m for m in self._loaded.values() if m.is_idle), key=lambda m: m.last_used)
         while len(self._loaded) >= self.settings.max_loaded_models:
             if not idle:
@@ -311,9 +314,8 @@ class Runtime:
         return True
 
     async def _load(self, key: str, entry: ModelEntry, path: Any, details: ModelDetails,
-                    config: EngineConfig) -> LoadedModel:
+                    config: EngineConfig, memory: int) -> LoadedModel:
         log.info("loading %s (num_ctx=%d, num_parallel=%d)", entry.name.display, config.num_ctx, config.num_parallel)
-        started = time.perf_counter()
         try:
             engine = await asyncio.to_thread(Engine, str(path), config)
         except Exception as exc:  # llama.cpp reports load failures as a bare None/ValueError
@@ -321,13 +323,9 @@ class Runtime:
         template_override = self.store.layer_text(entry, "template")
         template = ChatTemplate.from_model(details.chat_template, template_override,
                                          architecture=details.architecture)
-        memory = estimate_memory(path.stat().st_size, details.metadata, config.num_ctx * config.num_parallel,
-                                 config.kv_cache_type).total
         model = LoadedModel(key=key, entry=entry, engine=engine, details=details, template=template,
                             config=config, memory=memory)
         self._loaded[key] = model
-        log.info("loaded %s in %.2f s: %s KV cache, %.0f MB estimated; %s", entry.name.display,
-                 time.perf_counter() - started, config.kv_cache_type, memory / 1e6, self._residency())
         return model
 
     def _residency(self) -> str:

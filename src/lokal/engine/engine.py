@@ -268,7 +268,8 @@ class Engine:
         except BaseException as exc:
             ready.set_exception(exc)
             return
-        self._scheduler = Scheduler(SlotTable(self.config.num_parallel, runner, self.config.prompt_cache), self.config.batch_size)
+        slots = SlotTable(self.config.num_parallel, runner, self.config.prompt_cache)
+        self._scheduler = Scheduler(slots, self.config.batch_size)
         ready.set_result(runner)
 
     def _ensure_worker(self) -> None:

@@ -266,7 +266,7 @@ class Runner:
         # unified cache every sequence's attention spans every cell in use, which is why idle slots' KV is
         # parked in host memory while others run (kv.py).
         params = self._context_params(n_ctx=config.num_ctx * config.num_parallel, n_batch=config.batch_size,
-                                      n_seq_max=config.num_parallel, kv_unified=True)
+                                      n_seq_max=config.num_parallel)
         params.flash_attn_type = (llama.LLAMA_FLASH_ATTN_TYPE_AUTO if config.flash_attention
                                   else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         params.type_k = params.type_v = _KV_CACHE_GGML_TYPES[config.kv_cache_type]
@@ -292,14 +292,13 @@ class Runner:
         for i in range(size):
             self._batch.n_seq_id[i] = 1
 
-    def _context_params(self, n_ctx: int, n_batch: int, n_seq_max: int, kv_unified: bool
-                        ) -> llama.llama_context_params:
+    def _context_params(self, n_ctx: int, n_batch: int, n_seq_max: int) -> llama.llama_context_params:
         params = llama.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
         params.n_ubatch = min(n_batch, 512)
         params.n_seq_max = n_seq_max
-        params.kv_unified = kv_unified
+        params.kv_unified = True  # see _open_generation_context
         params.n_threads = params.n_threads_batch = self.num_threads
         params.no_perf = True
         return params
@@ -383,8 +382,7 @@ class Runner:
             return
         self._close_embedding_context()
         size = min(max(_MIN_EMBED_CONTEXT, -(-longest // 256) * 256), max(self.config.num_ctx, longest))
-        # Unified: the inputs of one batch share the context's cells, whatever their lengths.
-        params = self._context_params(n_ctx=size, n_batch=size, n_seq_max=EMBED_SEQS_PER_BATCH, kv_unified=True)
+        params = self._context_params(n_ctx=size, n_batch=size, n_seq_max=EMBED_SEQS_PER_BATCH)
         params.n_ubatch = size
         params.embeddings = True
         arch = self.metadata.get("general.architecture", "")
