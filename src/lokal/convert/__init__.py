@@ -1,0 +1,1 @@
+"""Model conversion: Hugging Face safetensors → GGUF (import), GGUF/safetensors → ONNX (Foundry column)."""

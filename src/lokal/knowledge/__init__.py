@@ -1,0 +1,1 @@
+"""FILE knowledge: documents chunked, embedded and retrieved into the system prompt."""
