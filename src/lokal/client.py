@@ -216,10 +216,11 @@ class _Endpoints:
         return self._send(_Call("POST", "/api/copy", {"source": source, "destination": destination}, answer="none"))
 
     def create(self, model: str, *, from_: str | None = None, files: dict[str, str] | None = None,
-               template: str | None = None, system: str | None = None, license: str | list[str] | None = None,
-               parameters: dict[str, Any] | None = None, messages: list[dict[str, Any]] | None = None,
-               quantize: str | None = None, stream: bool = False) -> Any:
-        body = _fields(model=model, files=files, template=template, system=system, license=license,
+               adapters: dict[str, str] | None = None, template: str | None = None, system: str | None = None,
+               license: str | list[str] | None = None, parameters: dict[str, Any] | None = None,
+               messages: list[dict[str, Any]] | None = None, quantize: str | None = None,
+               stream: bool = False) -> Any:
+        body = _fields(model=model, files=files, adapters=adapters, template=template, system=system, license=license,
                        parameters=parameters, messages=messages, quantize=quantize, stream=stream)
         if from_ is not None:
             body["from"] = from_

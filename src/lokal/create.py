@@ -15,10 +15,11 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from lokal.config import physical_cores
 from lokal.errors import BadRequest, LokalError, StoreError
+from lokal.modelfile import MAX_MODELFILE_BYTES, Modelfile, ModelfileError, parse
 from lokal.store.manifests import CONFIG_MEDIA_TYPE, LAYER_KINDS, Layer, Manifest, config_blob
 from lokal.store.names import ModelName
 from lokal.store.sources.base import GGUF_MAGIC, Progress
@@ -42,6 +43,63 @@ class CreateSpec:
     quantize: str | None = None
 
 
+def read_modelfile(path: Path) -> Modelfile:
+    """Parse the Modelfile at ``path``; missing, too large or invalid → an error naming it."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_MODELFILE_BYTES:
+            raise ModelfileError(f"{path}: the Modelfile is {size} bytes; the limit is {MAX_MODELFILE_BYTES} (1 MiB)")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadRequest(f"cannot read the Modelfile {path}: {exc.strerror or exc}") from None
+    try:
+        return parse(data)
+    except ModelfileError as exc:
+        raise ModelfileError(f"{path}: {exc.message}") from None
+
+
+def _is_path(value: str, folder: Path) -> bool:
+    """FROM/ADAPTER values that name files: written as paths, or a file or folder beside the Modelfile."""
+    return value.startswith((".", "/", "~")) or value.lower().endswith(".gguf") or (folder / value).exists()
+
+
+def _local_file(value: str, folder: Path, what: str) -> Path:
+    path = (folder / Path(value).expanduser()).resolve()
+    if not path.exists():
+        raise BadRequest(f"{what} {value}: no such file (looked at {path})")
+    return path
+
+
+def spec_from_modelfile(name: str, modelfile: Modelfile, folder: Path, add_blob: Callable[[Path], str],
+                        quantize: str | None = None) -> CreateSpec:
+    """The /api/create request a Modelfile stands for, as Ollama's client builds it: local files (a GGUF in
+    FROM, ADAPTERs) go up as blobs through ``add_blob`` (path → digest) and are named by digest."""
+    if modelfile.files:
+        raise BadRequest("FILE (knowledge documents) is not supported by this version of lokal; "
+                         "remove the FILE lines")
+    spec = CreateSpec(name=name, template=modelfile.template, system=modelfile.system,
+                      license=list(modelfile.licenses) or None,
+                      parameters=modelfile.parameter_dict() or None,
+                      messages=[{"role": role, "content": content} for role, content in modelfile.messages],
+                      quantize=quantize)
+    if _is_path(modelfile.from_, folder):
+        path = _local_file(modelfile.from_, folder, "FROM")
+        if path.is_dir():
+            raise BadRequest(f"FROM {modelfile.from_}: importing a safetensors folder is not supported by this "
+                             f"version of lokal; convert it to GGUF first")
+        spec.files = {path.name: add_blob(path)}
+    else:
+        spec.source = modelfile.from_
+    if modelfile.adapters:
+        spec.adapters = {}
+        for value in modelfile.adapters:
+            path = _local_file(value, folder, "ADAPTER")
+            if path.is_dir():
+                raise BadRequest(f"ADAPTER {value}: a safetensors adapter folder is not supported; use a GGUF")
+            spec.adapters[path.name] = add_blob(path)
+    return spec
+
+
 def quantization_types() -> dict[str, int]:
     """``q4_k_m`` → llama.cpp's file type number, for every type this llama.cpp can write."""
     import llama_cpp
@@ -58,17 +116,18 @@ def create_model(store: Store, spec: CreateSpec) -> Iterator[Progress]:
     name = ModelName.parse(spec.name)
     if name.digest:
         raise BadRequest(f"cannot create {spec.name!r}: a new model's name has no digest")
-    if spec.adapters:
-        raise BadRequest("adapters are not supported yet")
     quantize_type = _check_quantize(spec.quantize)
     parameters = _check_parameters(spec.parameters)
     messages = _check_messages(spec.messages)
     base_layers, base_params = _base_layers(store, spec)
-    return _create(store, name, spec, base_layers, {**base_params, **parameters}, messages, quantize_type)
+    adapter_layers = _adapter_layers(store, spec.adapters, _model_layer(base_layers))
+    return _create(store, name, spec, base_layers, {**base_params, **parameters}, messages, quantize_type,
+                   adapter_layers)
 
 
 def _create(store: Store, name: ModelName, spec: CreateSpec, layers: list[Layer], params: dict[str, Any],
-            messages: list[dict[str, Any]] | None, quantize_type: int | None) -> Iterator[Progress]:
+            messages: list[dict[str, Any]] | None, quantize_type: int | None,
+            adapter_layers: list[Layer] | None) -> Iterator[Progress]:
     from lokal.store.gguf_info import read_details
 
     with store.writing():  # no garbage collection may take the new blobs before the manifest names them
@@ -85,6 +144,8 @@ def _create(store: Store, name: ModelName, spec: CreateSpec, layers: list[Layer]
             layers = _replace(layers, "license", [_text_layer(store, "license", text) for text in licenses])
         if spec.parameters is not None:
             layers = _replace(layers, "params", [_text_layer(store, "params", json.dumps(params))] if params else [])
+        if adapter_layers is not None:
+            layers = _replace(layers, "adapter", adapter_layers)
         if messages is not None:
             layers = _replace(layers, "messages", [_text_layer(store, "messages", json.dumps(messages))])
         for layer in layers:
@@ -106,13 +167,7 @@ def _base_layers(store: Store, spec: CreateSpec) -> tuple[list[Layer], dict[str,
         if len(gguf_files) != 1:
             raise BadRequest("files must name exactly one GGUF file (safetensors import is not supported)")
         file_name, digest = next(iter(gguf_files.items()))
-        try:
-            path = store.blobs.path(digest)
-        except LokalError:
-            raise BadRequest(f"invalid digest {digest!r} for {file_name}") from None
-        if not path.is_file():
-            raise BadRequest(f"blob {digest} for {file_name} is not on the server; upload it with "
-                             f"POST /api/blobs/{digest} first")
+        path = _uploaded_blob(store, file_name, digest)
         with open(path, "rb") as file:
             if file.read(len(GGUF_MAGIC)) != GGUF_MAGIC:
                 raise BadRequest(f"{file_name} is not a GGUF file")
@@ -122,6 +177,44 @@ def _base_layers(store: Store, spec: CreateSpec) -> tuple[list[Layer], dict[str,
         raise BadRequest("neither 'from' nor 'files' was given: say which model to build on")
     base = store.open(spec.source)  # the weights must be present and whole
     return list(base.entry.manifest.layers), dict(base.params)
+
+
+def _uploaded_blob(store: Store, file_name: str, digest: str) -> Path:
+    try:
+        path = store.blobs.path(digest)
+    except LokalError:
+        raise BadRequest(f"invalid digest {digest!r} for {file_name}") from None
+    if not path.is_file():
+        raise BadRequest(f"blob {digest} for {file_name} is not on the server; upload it with "
+                         f"POST /api/blobs/{digest} first")
+    return path
+
+
+def _adapter_layers(store: Store, adapters: dict[str, str] | None, model: Layer) -> list[Layer] | None:
+    """LoRA adapter layers, each checked to be a GGUF LoRA adapter made for the base model's architecture
+    (llama.cpp checks the tensor shapes when it loads the model)."""
+    from lokal.store.gguf_info import read_details
+
+    if adapters is None:
+        return None
+    base = read_details(store.blobs.path(model.digest))
+    layers = []
+    for file_name, digest in adapters.items():
+        path = _uploaded_blob(store, file_name, digest)
+        with open(path, "rb") as file:
+            if file.read(len(GGUF_MAGIC)) != GGUF_MAGIC:
+                raise BadRequest(f"adapter {file_name} is not a GGUF file (convert a LoRA to GGUF first)")
+        adapter = read_details(path)
+        if adapter.metadata.get("general.type") != "adapter" or adapter.metadata.get("adapter.type") != "lora":
+            raise BadRequest(f"adapter {file_name} is not a LoRA adapter GGUF (general.type="
+                             f"{adapter.metadata.get('general.type')!r}, adapter.type="
+                             f"{adapter.metadata.get('adapter.type')!r})")
+        if adapter.architecture != base.architecture:
+            raise BadRequest(f"adapter {file_name} was made for a {adapter.architecture!r} model; the base model "
+                             f"is {base.architecture!r}")
+        layers.append(Layer(LAYER_KINDS["adapter"], "sha256:" + path.name.removeprefix("sha256-"),
+                            path.stat().st_size, from_=file_name))
+    return layers
 
 
 def _model_layer(layers: list[Layer]) -> Layer:

@@ -17,6 +17,7 @@ from typing import AsyncIterator, Iterator
 
 from lokal.config import Settings, physical_cores
 from lokal.engine import AsyncSink, Engine, EngineConfig, grammar_for
+from lokal.engine.llamacpp import gpu_offload_supported
 from lokal.errors import BadRequest, InsufficientMemory, ModelLoadError, ServerBusy, UnsupportedCapability
 from lokal.hardware import available_memory, estimate_memory, process_rss
 from lokal.prompt import build_prompt
@@ -223,7 +224,8 @@ class Runtime:
         finally:
             self._num_in_flight -= 1
 
-    def _engine_config(self, entry: ModelEntry, details: ModelDetails, load: LoadOptions) -> EngineConfig:
+    def _engine_config(self, stored: StoredModel, load: LoadOptions) -> EngineConfig:
+        details = stored.details
         trained = details.context_length or DEFAULT_NUM_CTX
         num_ctx = load.num_ctx or self.settings.context_length or min(DEFAULT_NUM_CTX, trained)
         return EngineConfig(
@@ -237,6 +239,7 @@ class Runtime:
             flash_attention=self.settings.flash_attention if load.flash_attention is None else load.flash_attention,
             prompt_cache=self.settings.prompt_cache << 20,
             kv_cache_type=self.settings.kv_cache_type,
+            adapters=tuple((str(adapter.path), adapter.scale) for adapter in stored.adapters),
         )
 
     async def _acquire(self, name: ModelName, stored: StoredModel, load: LoadOptions) -> tuple[LoadedModel, int]:
@@ -246,7 +249,7 @@ class Runtime:
         async with self._lock:
             while True:
                 loaded = self._loaded.get(key)
-                wanted = self._engine_config(entry, details, load)
+                wanted = self._engine_config(stored, load)
                 if loaded is not None and loaded.config == wanted and loaded.entry.digest == entry.digest:
                     self._mark_busy(loaded)
                     return loaded, 0
@@ -289,6 +292,9 @@ class Runtime:
     async def _load(self, key: str, stored: StoredModel, config: EngineConfig, memory: int) -> LoadedModel:
         entry, path = stored.entry, stored.path
         log.info("loading %s (num_ctx=%d, num_parallel=%d)", entry.name.display, config.num_ctx, config.num_parallel)
+        if config.num_gpu > 0 and not gpu_offload_supported():
+            log.warning("%s asks for num_gpu %d, but this llama.cpp build has no GPU backend: running on the CPU",
+                        entry.name.display, config.num_gpu)
         try:
             engine = await asyncio.to_thread(Engine, str(path), config)
         except Exception as exc:  # llama.cpp reports load failures as a bare None/ValueError

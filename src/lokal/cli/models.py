@@ -1,4 +1,4 @@
-"""Model commands: pull, list/ls, show, rm, cp, config.
+"""Model commands: pull, create, list/ls, show, rm, cp, config.
 
 Commands fetch data through a ``ModelsBackend``. ``LocalBackend`` works on the store directly; a backend
 that calls a running server (Ollama's cmd → api.Client split) can replace it without touching the
@@ -11,7 +11,8 @@ import json
 import sys
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterator, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Protocol
 
 import typer
 
@@ -64,6 +65,10 @@ class ModelsBackend(Protocol):
 
     def copy(self, source: str, destination: str) -> None: ...
 
+    def create(self, name: str, modelfile: Path, quantize: str | None) -> Iterator[Any]:
+        """Progress events of building ``name`` from the Modelfile at ``modelfile``."""
+        ...
+
 
 class LocalBackend:
     """The store in this process: what every command uses until the CLI talks to a server."""
@@ -101,6 +106,14 @@ class LocalBackend:
     def copy(self, source: str, destination: str) -> None:
         ModelName.parse(destination)  # a bad destination fails before the source is looked up
         self.store.copy(source, destination)
+
+    def create(self, name: str, modelfile: Path, quantize: str | None) -> Iterator[Any]:
+        from lokal.create import create_model, read_modelfile, spec_from_modelfile
+
+        parsed = read_modelfile(modelfile)
+        with self.store.writing():  # the files added here must outlive any garbage collection until the manifest
+            spec = spec_from_modelfile(name, parsed, modelfile.parent, self.store.blobs.add_file, quantize)
+            yield from create_model(self.store, spec)
 
 
 def backend_for(settings: Settings) -> ModelsBackend:
@@ -163,6 +176,17 @@ def show_command(
     sys.stdout.write("\n" + format_show(description, verbose=verbose))
 
 
+def create_command(
+    name: str = typer.Argument(..., help="Name of the new model."),
+    file: Path = typer.Option(Path("Modelfile"), "--file", "-f", help="The Modelfile to build from."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", "-q",
+                                           help="Quantize the weights to this type (q8_0, q4_k_m, …)."),
+) -> None:
+    """Create a model from a Modelfile."""
+    ModelName.parse(name)  # a bad name fails before any file is read or uploaded
+    show_pull(_backend().create(name, file, quantize))
+
+
 def rm_command(names: list[str] = typer.Argument(..., help="Models to remove.")) -> None:
     """Remove models (and the blobs no other model uses)."""
     backend = _backend()
@@ -192,6 +216,7 @@ def register(app: typer.Typer) -> None:
     app.command("list")(list_command)
     app.command("ls", hidden=True)(list_command)
     app.command("show")(show_command)
+    app.command("create")(create_command)
     app.command("rm")(rm_command)
     app.command("cp")(cp_command)
     app.command("config")(config_command)

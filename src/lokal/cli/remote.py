@@ -7,6 +7,7 @@ loaded models and its store; otherwise they work in-process. Both paths return t
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Iterator
 
 from lokal.cli.models import ListedModel, ListedModels
@@ -66,6 +67,21 @@ class HttpBackend:
 
     def copy(self, source: str, destination: str) -> None:
         self.client.copy(source, destination)
+
+    def create(self, name: str, modelfile: Path, quantize: str | None) -> Iterator[Progress]:
+        """As Ollama's client: local files go up as blobs (skipped when the server has them), then one
+        /api/create names them by digest."""
+        from lokal.create import read_modelfile, spec_from_modelfile
+
+        parsed = read_modelfile(modelfile)
+        spec = spec_from_modelfile(name, parsed, modelfile.parent, self.client.create_blob, quantize)
+        events = self.client.create(name, from_=spec.source, files=spec.files, adapters=spec.adapters,
+                                    template=spec.template, system=spec.system, license=spec.license,
+                                    parameters=spec.parameters, messages=spec.messages or None,
+                                    quantize=spec.quantize, stream=True)
+        for event in events:
+            yield Progress(status=event.get("status", ""), digest=event.get("digest"), total=event.get("total"),
+                           completed=event.get("completed"))
 
 
 def description_from(name: str, body: dict[str, Any]) -> ModelDescription:

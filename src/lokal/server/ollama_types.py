@@ -156,7 +156,7 @@ class CreateRequest(ModelRequest):
     files: dict[str, str] | None = None
     """File name → blob digest of GGUF files uploaded with /api/blobs; the model is made from them."""
     adapters: dict[str, str] | None = None
-    """LoRA adapters (file name → blob digest); not supported yet."""
+    """LoRA adapter GGUFs (file name → blob digest) for the base model's architecture, applied at scale 1."""
     template: str | None = None
     """Prompt template for the new model."""
     license: str | list[str] | None = None
