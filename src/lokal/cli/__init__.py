@@ -19,6 +19,15 @@ from typer.core import TyperGroup
 from lokal import __version__
 from lokal.errors import LokalError
 
+try:  # recent typer raises its own (vendored click's) usage errors, no longer click's
+    from typer.exceptions import TyperException as _TyperException
+except ImportError:
+    _TyperException = click.ClickException  # type: ignore[assignment,misc]
+
+# Endings typer itself reports: a usage error prints the usage and exits 2, Exit/Abort are normal endings.
+_TYPER_ENDINGS = (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.exceptions.Abort,
+                  _TyperException)
+
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``Error: message`` on stderr; the caller raises the returned Exit."""
@@ -53,8 +62,8 @@ class _ErrorsAtTheEdge(TyperGroup):
 
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise typer.Exit(141) from None
-        except (typer.Exit, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
-            raise  # a normal ending (recent typer's Exit is no longer a click Exit, so both are named)
+        except _TYPER_ENDINGS:
+            raise
         except OSError as exc:  # disk, permissions: the message says it all
             if _is_debug():
                 raise
