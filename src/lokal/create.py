@@ -84,10 +84,7 @@ def spec_from_modelfile(name: str, modelfile: Modelfile, folder: Path, add_blob:
                       quantize=quantize)
     if _is_path(modelfile.from_, folder):
         path = _local_file(modelfile.from_, folder, "FROM")
-        if path.is_dir():
-            raise BadRequest(f"FROM {modelfile.from_}: importing a safetensors folder is not supported by this "
-                             f"version of lokal; convert it to GGUF first")
-        spec.files = {path.name: add_blob(path)}
+        spec.files = _folder_files(path, modelfile.from_, add_blob) if path.is_dir() else {path.name: add_blob(path)}
     else:
         spec.source = modelfile.from_
     if modelfile.adapters:
@@ -98,6 +95,20 @@ def spec_from_modelfile(name: str, modelfile: Modelfile, folder: Path, add_blob:
                 raise BadRequest(f"ADAPTER {value}: a safetensors adapter folder is not supported; use a GGUF")
             spec.adapters[path.name] = add_blob(path)
     return spec
+
+
+# The files of a Hugging Face model folder that a conversion reads.
+_FOLDER_FILES = ("*.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "generation_config.json", "1_Pooling/config.json")
+
+
+def _folder_files(path: Path, written: str, add_blob: Callable[[Path], str]) -> dict[str, str]:
+    from lokal.convert.safetensors_gguf import is_safetensors_folder
+
+    if not is_safetensors_folder(path):
+        raise BadRequest(f"FROM {written}: the folder holds no config.json and *.safetensors to import")
+    files = sorted({file for pattern in _FOLDER_FILES for file in path.glob(pattern) if file.is_file()})
+    return {file.relative_to(path).as_posix(): add_blob(file) for file in files}
 
 
 def quantization_types() -> dict[str, int]:
@@ -119,6 +130,9 @@ def create_model(store: Store, spec: CreateSpec) -> Iterator[Progress]:
     quantize_type = _check_quantize(spec.quantize)
     parameters = _check_parameters(spec.parameters)
     messages = _check_messages(spec.messages)
+    safetensors = _safetensors_files(store, spec.files)
+    if safetensors:  # converted inside the create, under its progress; adapters are checked against the result
+        return _create(store, name, spec, [], parameters, messages, quantize_type, None, safetensors)
     base_layers, base_params = _base_layers(store, spec)
     adapter_layers = _adapter_layers(store, spec.adapters, _model_layer(base_layers))
     return _create(store, name, spec, base_layers, {**base_params, **parameters}, messages, quantize_type,
@@ -127,12 +141,16 @@ def create_model(store: Store, spec: CreateSpec) -> Iterator[Progress]:
 
 def _create(store: Store, name: ModelName, spec: CreateSpec, layers: list[Layer], params: dict[str, Any],
             messages: list[dict[str, Any]] | None, quantize_type: int | None,
-            adapter_layers: list[Layer] | None) -> Iterator[Progress]:
+            adapter_layers: list[Layer] | None, safetensors: dict[str, Path] | None = None) -> Iterator[Progress]:
     from lokal.store.gguf_info import read_details
 
     with store.writing():  # no garbage collection may take the new blobs before the manifest names them
         yield Progress("gathering model components")
         base_digests = {layer.digest for layer in layers}
+        if safetensors:
+            yield Progress("converting model")
+            layers = [_converted_layer(store, safetensors)]
+            adapter_layers = _adapter_layers(store, spec.adapters, layers[0])
         if quantize_type is not None:
             yield Progress(f"quantizing model to {spec.quantize.upper()}")  # type: ignore[union-attr]
             layers = _replace(layers, "model", [_quantized_layer(store, _model_layer(layers), quantize_type)])
@@ -165,7 +183,7 @@ def _base_layers(store: Store, spec: CreateSpec) -> tuple[list[Layer], dict[str,
     if spec.files:
         gguf_files = {file: digest for file, digest in spec.files.items() if not file.lower().endswith(".json")}
         if len(gguf_files) != 1:
-            raise BadRequest("files must name exactly one GGUF file (safetensors import is not supported)")
+            raise BadRequest("files must name exactly one GGUF file, or a safetensors model folder's files")
         file_name, digest = next(iter(gguf_files.items()))
         path = _uploaded_blob(store, file_name, digest)
         with open(path, "rb") as file:
@@ -177,6 +195,42 @@ def _base_layers(store: Store, spec: CreateSpec) -> tuple[list[Layer], dict[str,
         raise BadRequest("neither 'from' nor 'files' was given: say which model to build on")
     base = store.open(spec.source)  # the weights must be present and whole
     return list(base.entry.manifest.layers), dict(base.params)
+
+
+def _safetensors_files(store: Store, files: dict[str, str] | None) -> dict[str, Path] | None:
+    """An uploaded Hugging Face folder (``*.safetensors`` plus its JSON files): relative name → blob path."""
+    if not files or not any(name.lower().endswith(".safetensors") for name in files):
+        return None
+    paths = {}
+    for name, digest in files.items():
+        parts = Path(name).parts
+        if not parts or Path(name).is_absolute() or ".." in parts:
+            raise BadRequest(f"invalid file name {name!r}: a path inside the model folder")
+        paths[name] = _uploaded_blob(store, name, digest)
+    if "config.json" not in paths:
+        raise BadRequest("a safetensors model needs its config.json among the files")
+    return paths
+
+
+def _converted_layer(store: Store, files: dict[str, Path]) -> Layer:
+    """Lay the uploaded files out as a folder (links to the blobs), convert it to GGUF, store that."""
+    import shutil
+    import tempfile
+
+    from lokal.convert.safetensors_gguf import convert
+
+    store.blobs.root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="tmp-convert-", dir=store.blobs.root))
+    try:
+        folder = work / "model"
+        for name, blob in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(blob, folder / name)
+        convert(folder, work / "model.gguf")
+        digest = store.blobs.add_file(work / "model.gguf")
+        return Layer(LAYER_KINDS["model"], digest, store.blobs.size(digest))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _uploaded_blob(store: Store, file_name: str, digest: str) -> Path:
