@@ -41,6 +41,7 @@ class CreateSpec:
     parameters: dict[str, Any] | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)
     quantize: str | None = None
+    knowledge: dict[str, str] | None = None  # (lokal) document name → digest of an uploaded FILE document
 
 
 def read_modelfile(path: Path) -> Modelfile:
@@ -74,9 +75,6 @@ def spec_from_modelfile(name: str, modelfile: Modelfile, folder: Path, add_blob:
                         quantize: str | None = None) -> CreateSpec:
     """The /api/create request a Modelfile stands for, as Ollama's client builds it: local files (a GGUF in
     FROM, ADAPTERs) go up as blobs through ``add_blob`` (path → digest) and are named by digest."""
-    if modelfile.files:
-        raise BadRequest("FILE (knowledge documents) is not supported by this version of lokal; "
-                         "remove the FILE lines")
     spec = CreateSpec(name=name, template=modelfile.template, system=modelfile.system,
                       license=list(modelfile.licenses) or None,
                       parameters=modelfile.parameter_dict() or None,
@@ -87,6 +85,13 @@ def spec_from_modelfile(name: str, modelfile: Modelfile, folder: Path, add_blob:
         spec.files = _folder_files(path, modelfile.from_, add_blob) if path.is_dir() else {path.name: add_blob(path)}
     else:
         spec.source = modelfile.from_
+    if modelfile.files:
+        spec.knowledge = {}
+        for value in modelfile.files:
+            path = (folder / Path(value).expanduser()).resolve()
+            if not path.is_file():
+                raise BadRequest(f"FILE {value}: no such file (looked at {path})")
+            spec.knowledge[value] = add_blob(path)
     if modelfile.adapters:
         spec.adapters = {}
         for value in modelfile.adapters:
@@ -130,18 +135,22 @@ def create_model(store: Store, spec: CreateSpec) -> Iterator[Progress]:
     quantize_type = _check_quantize(spec.quantize)
     parameters = _check_parameters(spec.parameters)
     messages = _check_messages(spec.messages)
+    chunks = _knowledge_chunks(store, spec.knowledge)  # every document must read before anything is stored
+    if chunks is not None:
+        _check_embed_model(store, parameters.get("embed_model"))
     safetensors = _safetensors_files(store, spec.files)
     if safetensors:  # converted inside the create, under its progress; adapters are checked against the result
-        return _create(store, name, spec, [], parameters, messages, quantize_type, None, safetensors)
+        return _create(store, name, spec, [], parameters, messages, quantize_type, None, safetensors, chunks)
     base_layers, base_params = _base_layers(store, spec)
     adapter_layers = _adapter_layers(store, spec.adapters, _model_layer(base_layers))
     return _create(store, name, spec, base_layers, {**base_params, **parameters}, messages, quantize_type,
-                   adapter_layers)
+                   adapter_layers, None, chunks)
 
 
 def _create(store: Store, name: ModelName, spec: CreateSpec, layers: list[Layer], params: dict[str, Any],
             messages: list[dict[str, Any]] | None, quantize_type: int | None,
-            adapter_layers: list[Layer] | None, safetensors: dict[str, Path] | None = None) -> Iterator[Progress]:
+            adapter_layers: list[Layer] | None, safetensors: dict[str, Path] | None,
+            chunks: list[Any] | None) -> Iterator[Progress]:
     from lokal.store.gguf_info import read_details
 
     with store.writing():  # no garbage collection may take the new blobs before the manifest names them
@@ -164,6 +173,16 @@ def _create(store: Store, name: ModelName, spec: CreateSpec, layers: list[Layer]
             layers = _replace(layers, "params", [_text_layer(store, "params", json.dumps(params))] if params else [])
         if adapter_layers is not None:
             layers = _replace(layers, "adapter", adapter_layers)
+        if chunks is not None:
+            from lokal.knowledge.build import embed_chunks
+            from lokal.knowledge.index import DEFAULT_EMBED_MODEL
+
+            embed_model = params.get("embed_model") or DEFAULT_EMBED_MODEL
+            yield Progress(f"embedding {len(chunks)} chunks of {len(spec.knowledge or {})} files with {embed_model}")
+            index = embed_chunks(store, embed_model, chunks)
+            data = index.to_json()
+            layers = _replace(layers, "knowledge", [Layer(LAYER_KINDS["knowledge"], store.blobs.add_bytes(data),
+                                                          len(data))])
         if messages is not None:
             layers = _replace(layers, "messages", [_text_layer(store, "messages", json.dumps(messages))])
         for layer in layers:
@@ -300,13 +319,39 @@ def _check_quantize(quantize: str | None) -> int | None:
 
 
 def _check_parameters(parameters: dict[str, Any] | None) -> dict[str, Any]:
+    from lokal.knowledge.index import KNOWLEDGE_PARAMETERS
+
     if not parameters:
         return {}
     normalized = dict(parameters)
     if isinstance(normalized.get("stop"), str):
         normalized["stop"] = [normalized["stop"]]
-    split_options(normalized)  # a typo or a wrong type is a 400 now, not a broken model later
+    for name, kind in KNOWLEDGE_PARAMETERS.items():
+        if name in normalized and not isinstance(normalized[name], (int, float) if kind is float else kind):
+            raise BadRequest(f"parameter {name} must be a {kind.__name__}")
+    # a typo or a wrong type is a 400 now, not a broken model later
+    split_options({k: v for k, v in normalized.items() if k not in KNOWLEDGE_PARAMETERS})
     return normalized
+
+
+def _check_embed_model(store: Store, embed_model: str | None) -> None:
+    from lokal.knowledge.index import DEFAULT_EMBED_MODEL
+
+    name = embed_model or DEFAULT_EMBED_MODEL
+    if not store.exists(name):
+        raise BadRequest(f'the knowledge files are embedded with "{name}", which is not in the store: '
+                         f"lokal pull {name} (or set PARAMETER embed_model)")
+
+
+def _knowledge_chunks(store: Store, documents: dict[str, str] | None) -> list[Any] | None:
+    from lokal.knowledge.documents import chunk_text, read_document
+
+    if not documents:
+        return None
+    chunks = []
+    for name, digest in documents.items():
+        chunks += chunk_text(name, read_document(_uploaded_blob(store, name, digest), name))
+    return chunks
 
 
 def _check_messages(messages: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:

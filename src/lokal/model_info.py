@@ -41,6 +41,7 @@ class ModelDescription:
     modified_at: datetime | None
     messages: list[dict[str, Any]] = field(default_factory=list)
     parameter_values: dict[str, Any] = field(default_factory=dict)  # the PARAMETERs, typed
+    knowledge: list[str] = field(default_factory=list)  # (lokal) the FILE documents the model knows
 
     def to_dict(self) -> dict[str, Any]:
         """The /api/show response body."""
@@ -57,6 +58,8 @@ class ModelDescription:
         }
         if self.messages:
             body["messages"] = list(self.messages)
+        if self.knowledge:
+            body["knowledge"] = list(self.knowledge)
         return body
 
 
@@ -90,7 +93,14 @@ def describe_stored(model: StoredModel) -> ModelDescription:
         modified_at=entry.modified_at,
         messages=messages,
         parameter_values=parameter_values,
+        knowledge=knowledge_files(model),
     )
+
+
+def knowledge_files(model: StoredModel) -> list[str]:
+    from lokal.knowledge.index import load_index
+
+    return [file for path in model.knowledge for file in load_index(path).files]
 
 
 def capabilities(details: ModelDetails, template: ChatTemplate) -> list[str]:

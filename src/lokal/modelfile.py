@@ -11,7 +11,7 @@
     LICENSE \"\"\"...\"\"\"                 may repeat
     MESSAGE user Hello                 few-shot history; role is system, user, assistant or tool
     REQUIRES 0.5.0                     the server version the model needs
-    FILE ./guidelines.txt              (the seed's knowledge documents: parsed, not yet usable by create)
+    FILE ./guidelines.txt              (lokal) a text, Markdown or PDF document for the model's knowledge
 
 Instructions are case-insensitive; a value is bare (the rest of the line), ``"quoted"`` or ``\"\"\"triple
 quoted\"\"\"`` (which may span lines). Paths stay as written: the caller resolves them against the Modelfile's
@@ -28,7 +28,7 @@ from lokal.errors import BadRequest
 MAX_MODELFILE_BYTES = 1 << 20
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 
-# Every PARAMETER name and its type: Ollama's option names.
+# Every PARAMETER name and its type: Ollama's option names, plus lokal's knowledge settings.
 PARAMETER_TYPES: dict[str, type] = {
     "num_ctx": int, "num_batch": int, "num_gpu": int, "main_gpu": int, "num_thread": int, "num_keep": int,
     "seed": int, "num_predict": int, "top_k": int, "repeat_last_n": int, "num_parallel": int,
@@ -36,6 +36,7 @@ PARAMETER_TYPES: dict[str, type] = {
     "presence_penalty": float, "frequency_penalty": float,
     "use_mmap": bool, "use_mlock": bool, "flash_attention": bool,
     "stop": str,
+    "embed_model": str, "knowledge_top_k": int, "knowledge_min_score": float,
 }
 REPEATABLE_PARAMETERS = {"stop"}
 # Spellings people write (the seed's ``context_length``), stored under the Ollama name.

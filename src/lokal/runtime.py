@@ -8,6 +8,7 @@ Which tokens run is the engine's business. Sampling options never reload a model
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from lokal.engine import AsyncSink, Engine, EngineConfig, grammar_for
 from lokal.engine.llamacpp import gpu_offload_supported
 from lokal.errors import BadRequest, InsufficientMemory, ModelLoadError, ServerBusy, UnsupportedCapability
 from lokal.hardware import available_memory, estimate_memory, process_rss
+from lokal.knowledge.index import DEFAULT_MIN_SCORE, DEFAULT_TOP_K, Hit, knowledge_prompt, load_index
 from lokal.prompt import build_prompt
 from lokal.store.gguf_info import ModelDetails
 from lokal.store.names import ModelName
@@ -96,16 +98,19 @@ class Runtime:
                 return
         stored = self.store.open(request.model)
         sampling, load = split_options(request.options, *stored.options())
+        # Before the model is taken: retrieval embeds with another model, which may need a loading slot.
+        hits = await self._knowledge(stored, request)
+        request, system = _with_knowledge(request, stored.system, hits)
         with self._queue_slot():
             model, load_ns = await self._acquire(name, stored, load)
             try:
-                async for event in self._generate_on(model, request, sampling, stored, started, load_ns):
+                async for event in self._generate_on(model, request, sampling, system, hits, started, load_ns):
                     yield event
             finally:
                 self._release(model, keep_alive)
 
     async def _generate_on(self, model: LoadedModel, request: GenerateRequest, sampling: SamplingOptions,
-                           stored: StoredModel, started: int, load_ns: int) -> AsyncIterator[Event]:
+                           system: str | None, hits: list[Hit], started: int, load_ns: int) -> AsyncIterator[Event]:
         if request.prompt is None and not request.messages:
             yield Done(reason="load", load_duration=load_ns, total_duration=time.perf_counter_ns() - started)
             return
@@ -114,7 +119,7 @@ class Runtime:
             raise UnsupportedCapability(f'model "{model.entry.name.display}" does not support images')
         prompt = build_prompt(request, template=model.template, tokenize=model.engine.tokenize,
                               num_ctx=model.config.num_ctx, num_predict=sampling.num_predict,
-                              default_system=stored.system, default_messages=stored.default_messages(),
+                              default_system=system, default_messages=stored.default_messages(),
                               bos_token=model.engine.bos_text, eos_token=model.engine.eos_text)
         grammar = grammar_for(request.format)
         sink = AsyncSink(asyncio.get_running_loop())
@@ -122,11 +127,27 @@ class Runtime:
         try:
             async for event in sink:
                 if isinstance(event, Done):
+                    event.knowledge = [hit.to_dict() for hit in hits]
                     event.load_duration = load_ns
                     event.total_duration = time.perf_counter_ns() - started
                 yield event
         finally:
             handle.cancel()  # no-op once finished; frees the slot when the consumer went away
+
+    async def _knowledge(self, stored: StoredModel, request: GenerateRequest) -> list[Hit]:
+        """The chunks of the model's FILE knowledge most similar to the latest user message."""
+        query = next((m.content for m in reversed(request.messages or []) if m.role == "user"), request.prompt)
+        if not stored.knowledge or not query or request.raw:
+            return []
+        params = stored.params
+        hits: list[Hit] = []
+        for path in stored.knowledge:
+            index = await asyncio.to_thread(load_index, path)
+            vector = (await self.embed(EmbedRequest(model=index.embed_model, input=[query]))).embeddings[0]
+            hits += index.search(vector, int(params.get("knowledge_top_k", DEFAULT_TOP_K)),
+                                 float(params.get("knowledge_min_score", DEFAULT_MIN_SCORE)))
+        hits.sort(key=lambda hit: -hit.score)
+        return hits[:int(params.get("knowledge_top_k", DEFAULT_TOP_K))]
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         started = time.perf_counter_ns()
@@ -354,6 +375,24 @@ class Runtime:
         log.info("unloaded %s (%s) in %.2f s; %s", model.entry.name.display, why, time.perf_counter() - started,
                  self._residency())
         self._changed.notify_all()
+
+
+def _with_knowledge(request: GenerateRequest, system: str | None,
+                    hits: list[Hit]) -> tuple[GenerateRequest, str | None]:
+    """The request and the model's system prompt with the knowledge excerpts added to whichever system
+    prompt the request will use: its own (a system message, or /api/generate's ``system``) or the model's."""
+    if not hits:
+        return request, system
+    if request.messages is not None:
+        messages = list(request.messages)
+        for index, message in enumerate(messages):
+            if message.role == "system":
+                messages[index] = dataclasses.replace(message, content=knowledge_prompt(message.content, hits))
+                return dataclasses.replace(request, messages=messages), system
+        return request, knowledge_prompt(system, hits)
+    if request.system:
+        return dataclasses.replace(request, system=knowledge_prompt(request.system, hits)), system
+    return request, knowledge_prompt(system, hits)
 
 
 def _shorten(vector: list[float], dimensions: int) -> list[float]:

@@ -199,6 +199,7 @@ class Done:
     load_duration: int = 0
     total_duration: int = 0
     context: list[int] = field(default_factory=list)  # prompt + generated tokens
+    knowledge: list[dict[str, Any]] = field(default_factory=list)  # FILE chunks put in the prompt: file, chunk, score
 
     @property
     def prompt_tokens_per_second(self) -> float:

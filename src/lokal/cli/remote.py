@@ -78,7 +78,7 @@ class HttpBackend:
         events = self.client.create(name, from_=spec.source, files=spec.files, adapters=spec.adapters,
                                     template=spec.template, system=spec.system, license=spec.license,
                                     parameters=spec.parameters, messages=spec.messages or None,
-                                    quantize=spec.quantize, stream=True)
+                                    quantize=spec.quantize, knowledge=spec.knowledge, stream=True)
         for event in events:
             yield Progress(status=event.get("status", ""), digest=event.get("digest"), total=event.get("total"),
                            completed=event.get("completed"))
@@ -90,7 +90,8 @@ def description_from(name: str, body: dict[str, Any]) -> ModelDescription:
                             template=body.get("template", ""), system=body.get("system", ""),
                             license=body.get("license", ""), details=body.get("details") or {},
                             model_info=body.get("model_info") or {}, capabilities=body.get("capabilities") or [],
-                            modified_at=_parse_time(body.get("modified_at")), messages=body.get("messages") or [])
+                            modified_at=_parse_time(body.get("modified_at")), messages=body.get("messages") or [],
+                            knowledge=body.get("knowledge") or [])
 
 
 class RemoteLLM:

@@ -194,6 +194,8 @@ def format_show(description: ModelDescription, verbose: bool = False) -> str:
         text += _section("System", _non_empty_lines(description.system, 2))
     if description.license:
         text += _section("License", _non_empty_lines(description.license, 2))
+    if description.knowledge:
+        text += _section("Knowledge", [[file] for file in description.knowledge])
     if verbose:
         text += _section("Metadata", [[key, _metadata_value(value)] for key, value in sorted(info.items())])
     return text

@@ -112,6 +112,8 @@ def done_fields(done: internal.Done) -> dict[str, Any]:
         value = getattr(done, name)
         if value:
             fields[name] = value
+    if done.knowledge:  # lokal: the knowledge chunks the model saw, so users can audit them
+        fields["knowledge"] = done.knowledge
     return fields
 
 
@@ -373,7 +375,8 @@ async def create(body: wire.CreateRequest, request: Request) -> Response:
     spec = CreateSpec(
         name=body.model, source=body.from_, files=body.files, adapters=body.adapters, template=body.template,
         system=body.system, license=body.license, parameters=body.parameters,
-        messages=[{"role": m.role, "content": m.content} for m in body.messages or []], quantize=body.quantize)
+        messages=[{"role": m.role, "content": m.content} for m in body.messages or []], quantize=body.quantize,
+        knowledge=body.knowledge)
     return await respond_progress(request, body.stream, lambda: create_model(runtime.store, spec))
 
 

@@ -169,6 +169,8 @@ class CreateRequest(ModelRequest):
     """Conversation that precedes every chat with the new model."""
     quantize: str | None = None
     """Quantize the weights to this type (q4_0, q4_1, q5_0, q5_1, q8_0, q4_k_m, q4_k_s, …)."""
+    knowledge: dict[str, str] | None = None
+    """(lokal) Knowledge documents (name → blob digest of a text, Markdown or PDF file), a Modelfile's FILEs."""
     stream: bool = True
     """Stream progress objects (default) or answer once at the end."""
 

@@ -63,10 +63,11 @@ class StoredModel:
 
     def options(self) -> tuple[SamplingOptions, LoadOptions]:
         """The PARAMETERs as typed defaults for requests; a bad stored value is a 400 naming the model."""
+        from lokal.knowledge.index import KNOWLEDGE_PARAMETERS
         from lokal.types import split_options
 
         try:
-            return split_options(dict(self.params))
+            return split_options({k: v for k, v in self.params.items() if k not in KNOWLEDGE_PARAMETERS})
         except BadRequest as exc:
             raise BadRequest(f'model "{self.display}" has an invalid PARAMETER: {exc.message}') from None
 
