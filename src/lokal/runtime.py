@@ -104,13 +104,15 @@ class Runtime:
         with self._queue_slot():
             model, load_ns = await self._acquire(name, stored, load)
             try:
-                async for event in self._generate_on(model, request, sampling, system, hits, started, load_ns):
+                async for event in self._generate_on(model, request, sampling, stored, system, hits, started,
+                                                       load_ns):
                     yield event
             finally:
                 self._release(model, keep_alive)
 
     async def _generate_on(self, model: LoadedModel, request: GenerateRequest, sampling: SamplingOptions,
-                           system: str | None, hits: list[Hit], started: int, load_ns: int) -> AsyncIterator[Event]:
+                           stored: StoredModel, system: str | None, hits: list[Hit], started: int,
+                           load_ns: int) -> AsyncIterator[Event]:
         if request.prompt is None and not request.messages:
             yield Done(reason="load", load_duration=load_ns, total_duration=time.perf_counter_ns() - started)
             return

@@ -1,4 +1,4 @@
-"""A Hugging Face safetensors folder → one GGUF file, with the ``gguf`` package (no torch).
+"""A Hugging Face safetensors folder → one GGUF file, with the ``gguf`` package and numpy (no torch).
 
 Supported: BERT-family encoders (``BertModel``, sentence-transformers folders such as all-MiniLM-L6-v2) and
 LLaMA-family decoders (``LlamaForCausalLM``, SmolLM, …). The GGUF carries the weights (2-D matrices as f16,
@@ -65,7 +65,8 @@ def convert(folder: Path, out: Path, progress: Callable[[int, int], None] | None
         else:
             _llama_parameters(writer, config)
             _bpe_vocab(writer, folder)
-        special = gguf.SpecialVocab(folder, load_merges=architecture == "llama")
+        special = gguf.SpecialVocab(folder, load_merges=architecture == "llama",
+                                    special_token_types=("bos", "eos", "unk", "sep", "pad", "mask"))
         special.add_to_gguf(writer)
         tensors = list(_tensors(folder, architecture, config))
         for index, (name, data) in enumerate(tensors):
@@ -101,8 +102,6 @@ def _required(config: dict[str, Any], key: str) -> Any:
 
 
 def _bert_parameters(writer: Any, config: dict[str, Any], folder: Path) -> None:
-    import gguf
-
     writer.add_context_length(_required(config, "max_position_embeddings"))
     writer.add_embedding_length(_required(config, "hidden_size"))
     writer.add_feed_forward_length(_required(config, "intermediate_size"))
