@@ -11,7 +11,7 @@ import pytest
 @pytest.mark.parametrize("args, message", [
     (["bogus"], "No such command 'bogus'"),
     (["list", "--bogus"], "No such option: --bogus"),
-    (["create"], "Missing argument 'NAME'"),
+    (["create"], "Missing argument"),
 ])
 def test_usage_errors_exit_2(args: list[str], message: str) -> None:
     done = subprocess.run([sys.executable, "-m", "lokal", *args], capture_output=True, text=True, timeout=120)
