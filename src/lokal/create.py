@@ -264,14 +264,12 @@ def _uploaded_blob(store: Store, file_name: str, digest: str) -> Path:
 
 
 def _adapter_layers(store: Store, adapters: dict[str, str] | None, model: Layer) -> list[Layer] | None:
-    """LoRA adapter layers, each checked to be a GGUF LoRA adapter made for the base model's architecture
-    (llama.cpp checks the tensor shapes when it loads the model)."""
+    """Check LoRA adapters: each must be a GGUF LoRA adapter made for the base model's architecture."""
     from lokal.store.gguf_info import read_details
 
-    if adapters is None:
+    if not adapters:
         return None
     base = read_details(store.blobs.path(model.digest))
-    layers = []
     for file_name, digest in adapters.items():
         path = _uploaded_blob(store, file_name, digest)
         with open(path, "rb") as file:
@@ -285,9 +283,10 @@ def _adapter_layers(store: Store, adapters: dict[str, str] | None, model: Layer)
         if adapter.architecture != base.architecture:
             raise BadRequest(f"adapter {file_name} was made for a {adapter.architecture!r} model; the base model "
                              f"is {base.architecture!r}")
-        layers.append(Layer(LAYER_KINDS["adapter"], "sha256:" + path.name.removeprefix("sha256-"),
-                            path.stat().st_size, from_=file_name))
-    return layers
+    # llama.cpp 0.3.36's LoRA path crashes in llama_decode on this CPU build (an adapter built to the model's
+    # exact shapes segfaults, through llama-cpp-python's own Llama(lora_path=) too), so a model with an adapter
+    # is refused rather than stored to crash the server later.
+    raise BadRequest("applying LoRA adapters is not supported by this build of lokal yet")
 
 
 def _model_layer(layers: list[Layer]) -> Layer:

@@ -262,7 +262,6 @@ class Runtime:
             flash_attention=self.settings.flash_attention if load.flash_attention is None else load.flash_attention,
             prompt_cache=self.settings.prompt_cache << 20,
             kv_cache_type=self.settings.kv_cache_type,
-            adapters=tuple((str(adapter.path), adapter.scale) for adapter in stored.adapters),
         )
 
     async def _acquire(self, name: ModelName, stored: StoredModel, load: LoadOptions) -> tuple[LoadedModel, int]:

@@ -50,7 +50,6 @@ class EngineConfig:
     kv_cache_type: str = "f16"  # a key of lokal.hardware.KV_CACHE_TYPES
     embedding: bool = False  # embedding-only use: no generation context at all
     prompt_cache: int = 512 << 20  # bytes of idle slots' KV parked in host memory for prefix reuse (kv.py)
-    adapters: tuple[tuple[str, float], ...] = ()  # LoRA adapter GGUFs and their scales, applied to every slot
 
     def __post_init__(self) -> None:
         if self.num_ctx < 16:

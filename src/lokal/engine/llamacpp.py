@@ -87,7 +87,6 @@ class Runner:
         self._samplers_lock = threading.Lock()
         self._pieces: dict[int, bytes] = {}
         self._special_pieces: dict[int, bytes] = {}
-        self._adapters: list[object] = []
 
         params = llama.llama_model_default_params()
         params.n_gpu_layers = config.num_gpu
@@ -107,19 +106,8 @@ class Runner:
         self.add_bos = bool(llama.llama_vocab_get_add_bos(self._vocab))
         # Every end-of-generation token (EOS, EOT, end-of-turn, …), for ignore_eos to ban.
         self.eog_ids = [t for t in range(self.n_vocab) if llama.llama_vocab_is_eog(self._vocab, t)]
-        self._adapters = [self._load_adapter(path) for path, _ in config.adapters]
         if not config.embedding:
             self._open_generation_context()
-
-    def _load_adapter(self, path: str) -> object:
-        """A LoRA adapter for this model; freed with the model. llama.cpp refuses one whose architecture or
-        tensor shapes do not match."""
-        adapter = llama.llama_adapter_lora_init(self._model, path.encode())
-        if not adapter:
-            self.close()
-            raise ModelLoadError(f"llama.cpp could not apply the LoRA adapter {path} to this model "
-                                 f"(made for another model or not a LoRA GGUF)")
-        return adapter
 
     # ---- vocabulary (safe from any thread) ------------------------------------------------------------
 
@@ -297,12 +285,6 @@ class Runner:
         if not self._ctx:
             self.close()
             raise ModelLoadError(f"llama.cpp could not create a context of {params.n_ctx} tokens")
-        if self._adapters:
-            adapters = (llama.llama_adapter_lora_p_ctypes * len(self._adapters))(*self._adapters)
-            scales = (ctypes.c_float * len(self._adapters))(*(scale for _, scale in config.adapters))
-            if llama.llama_set_adapters_lora(self._ctx, adapters, len(self._adapters), scales) != 0:
-                self.close()
-                raise ModelLoadError("llama.cpp could not apply the model's LoRA adapters")
         self._memory = llama.llama_get_memory(self._ctx)
         self._batch = llama.llama_batch_init(config.batch_size, 0, 1)
         # Views over the batch's C arrays, so a step fills whole runs with one slice assignment.
