@@ -232,7 +232,7 @@ def _tensors(folder: Path, architecture: str, config: dict[str, Any]) -> Iterato
                 raise ConversionError(f"{file.name}: tensor {name!r} has no place in a {architecture} GGUF")
             if architecture == "llama":
                 data = _llama_layout(source, data, config)
-            yield target, _stored_type(data)
+            yield target, _stored_type(target, data)
 
 
 _SAFETENSORS_TYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": np.uint16,
@@ -277,8 +277,15 @@ def _permute(weights: np.ndarray, heads: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weights.shape))
 
 
-def _stored_type(data: np.ndarray) -> np.ndarray:
-    """Matrices as f16, vectors (norms, biases) as f32."""
+# Tensors llama.cpp adds to f32 activations (ggml's CPU add takes no f16 operand), kept f32 as llama.cpp's own
+# converter keeps them.
+_F32_TENSORS = ("position_embd.", "token_types.")
+
+
+def _stored_type(name: str, data: np.ndarray) -> np.ndarray:
+    """Weight matrices as f16; vectors (norms, biases) and the added embeddings as f32."""
     if data.dtype not in (np.float32, np.float16, np.float64):
-        data = data.astype(np.float32)  # bf16 arrives as a numpy-unknown type only with torch; see safe_open
-    return data.astype(np.float16 if data.ndim >= 2 else np.float32)
+        data = data.astype(np.float32)
+    if data.ndim < 2 or not name.endswith(".weight") or name.startswith(_F32_TENSORS):
+        return data.astype(np.float32)
+    return data.astype(np.float16)
