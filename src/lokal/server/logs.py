@@ -15,7 +15,8 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("lokal_r
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # LogRecord attributes that are not extra fields given by the caller.
-_STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+_STANDARD_ATTRIBUTES = (frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
+                        | {"message", "asctime", "color_message"})  # uvicorn's ANSI-coloured copy
 
 
 class RequestIdFilter(logging.Filter):
