@@ -225,3 +225,42 @@ def test_restore_is_refused_while_a_server_answers_at_lokal_host(full_store, tmp
         server.shutdown()
         server.server_close()
     assert tree_digests(target) == before
+
+
+# ---- encrypted bundles ------------------------------------------------------------------------------------
+
+
+def test_an_encrypted_bundle_round_trips_and_refuses_a_wrong_passphrase_or_damage(source_store, tmp_path):
+    from lokal.store.sealing import MAGIC
+
+    secret = tmp_path / "passphrase"
+    secret.write_text("correct horse battery staple\n")
+    sealed = tmp_path / "sealed.tar"
+    env = {"LOKAL_MODELS": str(source_store)}
+    result = CliRunner().invoke(app, ["export", MODEL, "-o", str(sealed), "--passphrase-file", str(secret)], env=env)
+    assert result.exit_code == 0, result.output
+    data = sealed.read_bytes()
+    assert data.startswith(MAGIC) and b"lokal-bundle.json" not in data and b"GGUF" not in data
+    target = tmp_path / "target"
+    result = CliRunner().invoke(app, ["import", str(sealed), "--passphrase-file", str(secret)],
+                                env={"LOKAL_MODELS": str(target)})
+    assert result.exit_code == 0, result.output
+    assert model_files(target) == {k: v for k, v in model_files(source_store).items()
+                                   if "second" not in k}
+    wrong = tmp_path / "wrong"
+    wrong.write_text("guess")
+    for name, bad in (("wrong", None), ("flipped", len(data) // 2), ("truncated", -1)):
+        candidate = tmp_path / f"{name}.tar"
+        if bad == -1:
+            candidate.write_bytes(data[: len(data) - (1 << 20) - 40])  # a whole last chunk gone
+        elif bad is not None:
+            candidate.write_bytes(data[:bad] + bytes([data[bad] ^ 1]) + data[bad + 1:])
+        else:
+            candidate.write_bytes(data)
+        store = tmp_path / f"store-{name}"
+        result = CliRunner().invoke(app, ["import", str(candidate), "--passphrase-file",
+                                          str(wrong if name == "wrong" else secret)],
+                                    env={"LOKAL_MODELS": str(store)})
+        assert result.exit_code == 1, (name, result.output)
+        assert "wrong passphrase, or the file is damaged" in result.output or "truncated" in result.output, result.output
+        assert not store.exists() or model_files(store) == {}, name

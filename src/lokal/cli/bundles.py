@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import typer
 
@@ -17,22 +17,45 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _passphrase(passphrase_file: Optional[Path], confirm: bool) -> str:
+    if passphrase_file is not None:
+        return passphrase_file.read_text().rstrip("\n")
+    return typer.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm)
+
+
 def export(models: List[str] = typer.Argument(..., help="Models to put in the bundle."),
-           output: Path = typer.Option(..., "--output", "-o", help="Bundle file to write (a tar).")) -> None:
+           output: Path = typer.Option(..., "--output", "-o", help="Bundle file to write (a tar)."),
+           encrypt: bool = typer.Option(False, "--encrypt", help="Encrypt the bundle with a passphrase "
+                                                                 "(AES-256-GCM, scrypt)."),
+           passphrase_file: Optional[Path] = typer.Option(None, "--passphrase-file",
+                                                          help="Read the passphrase from this file "
+                                                               "instead of asking.")) -> None:
     """Write models (manifests, blobs and their checksums) into one bundle file."""
-    from lokal.store.bundle import export_models
+    from lokal.store.bundle import export_models, export_sealed
     from lokal.store.store import Store
 
-    names = export_models(Store(Settings().models), models, output)
+    store = Store(Settings().models)
+    if encrypt or passphrase_file is not None:
+        names = export_sealed(store, models, output, _passphrase(passphrase_file, confirm=True))
+    else:
+        names = export_models(store, models, output)
     _say(f"exported {', '.join(names)} to {output}")
 
 
-def import_(bundle: Path = typer.Argument(..., help="Bundle file made by `lokal export`.")) -> None:
+def import_(bundle: Path = typer.Argument(..., help="Bundle file made by `lokal export`."),
+            passphrase_file: Optional[Path] = typer.Option(None, "--passphrase-file",
+                                                           help="Passphrase of an encrypted bundle, from "
+                                                                "this file instead of asking.")) -> None:
     """Add the models of a bundle to the store, after checking every checksum."""
-    from lokal.store.bundle import import_bundle
+    from lokal.store.bundle import import_bundle, import_sealed
+    from lokal.store.sealing import is_sealed
     from lokal.store.store import Store
 
-    names = import_bundle(Store(Settings().models), bundle)
+    store = Store(Settings().models)
+    if is_sealed(bundle):
+        names = import_sealed(store, bundle, _passphrase(passphrase_file, confirm=False))
+    else:
+        names = import_bundle(store, bundle)
     _say(f"imported {', '.join(names)}")
 
 

@@ -2,7 +2,7 @@
 
 A bundle is a plain tar: ``lokal-bundle.json`` first (format, the models, and the sha256 and size of every
 other member), then each model's manifest under ``manifests/…`` (the store's own layout) and its blobs
-under ``blobs/sha256-…``. Import reads the whole bundle once and checks every member's size and checksum,
+under ``blobs/sha256-…``; ``--encrypt`` seals the whole file with a passphrase (sealing.py). Import reads the whole bundle once and checks every member's size and checksum,
 that nothing is missing or extra, and that each manifest's blobs are in it, before it writes anything; a
 damaged or truncated bundle is refused with the store untouched. Then it writes blobs through the store's
 own verified writer and the manifests last, as a pull does.
@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
@@ -22,6 +23,7 @@ from lokal.errors import BadRequest
 from lokal.store.blobs import digest_hex
 from lokal.store.manifests import Manifest
 from lokal.store.names import ModelName
+from lokal.store.sealing import SealError, seal_file, unseal_file
 from lokal.store.store import Store
 
 INDEX_NAME = "lokal-bundle.json"
@@ -72,6 +74,32 @@ def export_models(store: Store, names: Iterable[str], output: Path,
         temp.unlink(missing_ok=True)
         raise
     return [entry.name.display for entry in entries]
+
+
+def export_sealed(store: Store, names: Iterable[str], output: Path, passphrase: str,
+                  progress: Callable[[str], None] = lambda _: None) -> list[str]:
+    """``export_models``, encrypted with ``passphrase`` (sealing.py). The plain tar exists only in a private
+    temp directory beside ``output`` while it is sealed."""
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".lokal-export-") as work:
+        plain = Path(work) / "bundle.tar"
+        exported = export_models(store, names, plain, progress)
+        progress("encrypting")
+        temp = Path(work) / "sealed"
+        seal_file(plain, temp, passphrase)
+        temp.replace(output)
+    return exported
+
+
+def import_sealed(store: Store, bundle: Path, passphrase: str,
+                  progress: Callable[[str], None] = lambda _: None) -> list[str]:
+    """Decrypt into a private temp directory, then ``import_bundle`` (which verifies before writing)."""
+    with tempfile.TemporaryDirectory(prefix="lokal-import-") as work:
+        plain = Path(work) / "bundle.tar"
+        try:
+            unseal_file(bundle, plain, passphrase)
+        except SealError as exc:
+            raise InvalidBundle(f"{bundle}: {exc}") from None
+        return import_bundle(store, plain, progress)
 
 
 def import_bundle(store: Store, bundle: Path, progress: Callable[[str], None] = lambda _: None) -> list[str]:
