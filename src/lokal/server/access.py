@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.routing import Match
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lokal.server.logs import request_id
@@ -39,6 +39,7 @@ class RequestRecord:
     last_token_at: float | None = None
     token_gaps: list[tuple[float, int]] = field(default_factory=list)  # (seconds since the last event, tokens)
     done: Done | None = None
+    route: str | None = None  # the matched route's template, e.g. /api/blobs/{digest}
 
 
 current_record: contextvars.ContextVar[RequestRecord | None] = contextvars.ContextVar("lokal_request", default=None)
@@ -60,6 +61,15 @@ def note_event(event: Event) -> None:
         record.done = event
 
 
+def note_route(request: Request) -> None:
+    """An app-wide dependency: runs once routing has chosen a route, and names the request by its template
+    (FastAPI puts the route in the scope the endpoint sees; middleware further in may copy that scope)."""
+    record = current_record.get()
+    route = request.scope.get("route")
+    if record is not None and route is not None:
+        record.route = getattr(route, "path", None)
+
+
 def api_of(route: str) -> str:
     """The API flavour a route belongs to, for the ``api`` label."""
     if route in _OPS_ROUTES:
@@ -78,10 +88,9 @@ def api_of(route: str) -> str:
 
 
 class AccessMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Any):
+    def __init__(self, app: ASGIApp, metrics: Metrics):
         self.app = app
         self.metrics = metrics
-        self.routes = routes  # the app's route list, to name a request by its route template
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -112,7 +121,7 @@ class AccessMiddleware:
 
     def _finish(self, scope: Scope, record: RequestRecord, status: int) -> None:
         seconds = time.perf_counter() - record.started
-        route = self._route(scope)
+        route = record.route or "unmatched"  # no route: a 404, 405, or a body refused before routing
         api = api_of(route)
         self.metrics.observe_http(api, route, scope["method"], status, seconds)
         done = record.done
@@ -128,16 +137,6 @@ class AccessMiddleware:
         if ttft is not None:
             fields["ttft_ms"] = round(ttft * 1000, 1)
         log.info("%s", _text_line(fields, record.id), extra=fields)
-
-    def _route(self, scope: Scope) -> str:
-        partial = None
-        for route in self.routes:
-            match, _ = route.matches(scope)
-            if match == Match.FULL:
-                return getattr(route, "path", "unmatched")
-            if match == Match.PARTIAL and partial is None:
-                partial = getattr(route, "path", None)  # right path, wrong method
-        return partial or "unmatched"
 
 
 def _request_id(scope: Scope) -> str:

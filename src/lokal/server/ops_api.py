@@ -71,7 +71,7 @@ def stop_preload(preload: Preload) -> None:
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
-@router.get("/api/metrics", response_class=Response, include_in_schema=False)
+@router.get("/api/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition of this server's metrics."""
     # On the event loop, not a worker thread: the collector reads the runtime's state, which only the loop
