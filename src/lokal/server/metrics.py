@@ -16,13 +16,18 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
+from prometheus_client import (CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics,
+                               generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from lokal.types import Done
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# No ``*_created`` series: a timestamp per counter and histogram child doubles the series for nothing a
+# dashboard uses (process-wide setting of prometheus_client).
+disable_created_metrics()
 
 # Seconds: from a fraction of a decode step to a cold load of a large model.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
