@@ -87,22 +87,32 @@ def damaged_copy(bundle: Path, tmp_path: Path, offset: int) -> Path:
     return copy
 
 
+def member_spans(bundle: Path) -> dict[str, tuple[int, int, int]]:
+    """(header offset, data offset, data end) of each member: where the content of the bundle lies (a tar
+    also ends in zero padding, which holds nothing)."""
+    with tarfile.open(bundle) as tar:
+        return {m.name: (m.offset, m.offset_data, m.offset_data + m.size) for m in tar}
+
+
 def test_a_flipped_byte_anywhere_is_refused_and_the_store_untouched(bundle, tmp_path):
-    size = bundle.stat().st_size
-    # In the middle of the weights, in the index at the start, and near the end (a manifest or the last blob).
-    for offset in (size // 2, 700, size - 3000):
+    spans = member_spans(bundle)
+    weights = max(spans.values(), key=lambda span: span[2] - span[1])
+    last = max(spans.values())
+    # The middle of the weights, the index, the last member's data and the last member's header.
+    for offset in ((weights[1] + weights[2]) // 2, spans["lokal-bundle.json"][1] + 100, last[2] - 5, last[0] + 3):
         target = tmp_path / f"store-{offset}"
         with pytest.raises(InvalidBundle):
             import_bundle(Store(target), damaged_copy(bundle, tmp_path, offset))
         assert not target.exists() or model_files(target) == {}, offset
-    result = CliRunner().invoke(app, ["import", str(damaged_copy(bundle, tmp_path, size // 2))],
+    result = CliRunner().invoke(app, ["import", str(damaged_copy(bundle, tmp_path, (weights[1] + weights[2]) // 2))],
                                 env={"LOKAL_MODELS": str(tmp_path / "cli-store")})
     assert result.exit_code == 1 and "damaged" in result.output, result.output
     assert not (tmp_path / "cli-store").exists() or model_files(tmp_path / "cli-store") == {}
 
 
 def test_a_truncated_bundle_is_refused_and_the_store_untouched(bundle, tmp_path):
-    for keep in (bundle.stat().st_size // 2, 10_240, bundle.stat().st_size - 1024 * 3):
+    last = max(member_spans(bundle).values())
+    for keep in (bundle.stat().st_size // 2, 10_240, last[2] - 100, last[1]):
         truncated = tmp_path / "truncated.tar"
         with open(bundle, "rb") as source, open(truncated, "wb") as out:
             out.write(source.read(keep))

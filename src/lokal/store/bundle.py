@@ -1,7 +1,7 @@
 """Model bundles: ``lokal export MODEL… -o bundle.tar`` and ``lokal import bundle.tar``.
 
 A bundle is a plain tar: ``lokal-bundle.json`` first (format, the models, and the sha256 and size of every
-other member), then each model's manifest under ``manifests/…`` (the store's own layout) and its blobs
+other member), its own sha256 in ``lokal-bundle.json.sha256``, then each model's manifest under ``manifests/…`` (the store's own layout) and its blobs
 under ``blobs/sha256-…``; ``--encrypt`` seals the whole file with a passphrase (sealing.py). Import reads the whole bundle once and checks every member's size and checksum,
 that nothing is missing or extra, and that each manifest's blobs are in it, before it writes anything; a
 damaged or truncated bundle is refused with the store untouched. Then it writes blobs through the store's
@@ -27,6 +27,7 @@ from lokal.store.sealing import SealError, seal_file, unseal_file
 from lokal.store.store import Store
 
 INDEX_NAME = "lokal-bundle.json"
+INDEX_CHECKSUM_NAME = "lokal-bundle.json.sha256"  # the index's own sha256, so no byte of it goes unchecked
 FORMAT = "lokal-bundle"
 VERSION = 1
 CHUNK = 1 << 20
@@ -66,6 +67,7 @@ def export_models(store: Store, names: Iterable[str], output: Path,
     try:
         with tarfile.open(temp, "w", format=tarfile.PAX_FORMAT) as tar:
             _add_bytes(tar, INDEX_NAME, index)
+            _add_bytes(tar, INDEX_CHECKSUM_NAME, hashlib.sha256(index).hexdigest().encode() + b"\n")
             for member, path in members.items():
                 progress(f"adding {member}")
                 tar.add(path, arcname=member, recursive=False)
@@ -136,10 +138,13 @@ def verify_bundle(bundle: Path, progress: Callable[[str], None] = lambda _: None
             first = tar.next()
             if first is None or first.name != INDEX_NAME or not first.isfile():
                 raise InvalidBundle(f"{bundle} is not a lokal bundle: it does not start with {INDEX_NAME}")
-            index = _read_index(tar, first, bundle)
+            second = tar.next()
+            index = _read_index(tar, first, second, bundle)
             expected: dict[str, dict] = index["files"]
             seen: dict[str, bytes] = {}  # manifest members' bytes, to check their blobs below
-            for member in tar:
+            for member in tar:  # iterating starts over at the first member again
+                if member is first or member is second:
+                    continue
                 spec = expected.get(member.name)
                 if spec is None or member.name in seen or not member.isfile():
                     raise InvalidBundle(f"{bundle}: unexpected member {member.name!r}")
@@ -166,7 +171,9 @@ def verify_bundle(bundle: Path, progress: Callable[[str], None] = lambda _: None
         if model.manifest not in seen:
             raise InvalidBundle(f"{bundle}: the manifest of {model.name} is not in the bundle")
         try:
-            ModelName.parse(model.name)
+            name = ModelName.parse(model.name)
+            if model.manifest != "manifests/" + "/".join(name.manifest_parts):
+                raise ValueError(f"it is filed under {model.manifest}")
             manifest = Manifest.from_json(seen[model.manifest])
         except Exception as exc:
             raise InvalidBundle(f"{bundle}: the manifest of {model.name} is invalid: {exc}") from None
@@ -177,10 +184,17 @@ def verify_bundle(bundle: Path, progress: Callable[[str], None] = lambda _: None
     return models
 
 
-def _read_index(tar: tarfile.TarFile, member: tarfile.TarInfo, bundle: Path) -> dict:
+def _read_index(tar: tarfile.TarFile, member: tarfile.TarInfo, checksum_member: tarfile.TarInfo | None,
+                bundle: Path) -> dict:
     source = tar.extractfile(member)
+    raw = source.read() if source else b""
+    if checksum_member is None or checksum_member.name != INDEX_CHECKSUM_NAME:
+        raise InvalidBundle(f"{bundle}: {INDEX_CHECKSUM_NAME} is missing")
+    checksum = tar.extractfile(checksum_member)
+    if checksum is None or checksum.read().strip() != hashlib.sha256(raw).hexdigest().encode():
+        raise InvalidBundle(f"{bundle}: {INDEX_NAME} is damaged (its checksum differs)")
     try:
-        index = json.loads(source.read() if source else b"")
+        index = json.loads(raw)
         if index.get("format") != FORMAT or not isinstance(index.get("files"), dict):
             raise ValueError("not a lokal bundle index")
         if index.get("version") != VERSION:
