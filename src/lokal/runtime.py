@@ -13,10 +13,11 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 from lokal.config import Settings, physical_cores
-from lokal.engine import AsyncSink, Engine, EngineConfig, grammar_for
+from lokal.engine import AsyncSink, EngineConfig, grammar_for
+from lokal.engine.open import ModelEngine, open_engine
 from lokal.errors import BadRequest, InsufficientMemory, ModelLoadError, ServerBusy, UnsupportedCapability
 from lokal.hardware import available_memory, estimate_memory, process_rss
 from lokal.prompt import build_prompt
@@ -59,7 +60,7 @@ class ModelDefaults:
 class LoadedModel:
     key: str
     entry: ModelEntry
-    engine: Engine
+    engine: ModelEngine
     details: ModelDetails
     template: ChatTemplate
     config: EngineConfig
@@ -80,10 +81,19 @@ def _model_key(name: ModelName) -> str:
     return str(name).lower()
 
 
+OpenEngine = Callable[[Any, EngineConfig], ModelEngine]
+
+
 class Runtime:
-    def __init__(self, settings: Settings, store: Store | None = None):
+    def __init__(self, settings: Settings, store: Store | None = None, *,
+                 open_engine: OpenEngine = open_engine, free_memory: Callable[[], int] = available_memory):
+        """``open_engine(path, config)`` loads a model file (blocking; run on a worker thread) and
+        ``free_memory()`` says how many bytes a new model may take: the real ones by default, stand-ins in
+        tests of residency decisions."""
         self.settings = settings
         self.store = store or Store(settings.models)
+        self._open_engine = open_engine
+        self._free_memory = free_memory
         self._loaded: dict[str, LoadedModel] = {}
         self._lock = asyncio.Lock()  # serializes load/unload decisions
         # Signalled (under the same lock, so no wake-up is lost) when a model goes idle or unloads.
@@ -200,7 +210,7 @@ class Runtime:
                 expires_at=expires, details=model.details))
         return result
 
-    def loaded_engine(self, model: str) -> Engine | None:
+    def loaded_engine(self, model: str) -> ModelEngine | None:
         loaded = self._loaded.get(_model_key(ModelName.parse(model)))
         return loaded.engine if loaded else None
 
@@ -302,22 +312,22 @@ class Runtime:
                 return False
             await self._evict(idle.pop(0), why=f"LOKAL_MAX_LOADED_MODELS={self.settings.max_loaded_models}, "
                                                 f"least recently used, making room for {name}")
-        while needed > available_memory():
+        while needed > self._free_memory():
             if not idle:
                 if not self._loaded:
                     raise InsufficientMemory(
                         f"model requires {needed / 1e9:.1f} GB of memory but only "
-                        f"{available_memory() / 1e9:.1f} GB is available; try a smaller num_ctx or num_parallel")
+                        f"{self._free_memory() / 1e9:.1f} GB is available; try a smaller num_ctx or num_parallel")
                 return False
             await self._evict(idle.pop(0), why=f"memory: {name} needs {needed / 1e9:.2f} GB, "
-                                                f"{available_memory() / 1e9:.2f} GB available")
+                                                f"{self._free_memory() / 1e9:.2f} GB available")
         return True
 
     async def _load(self, key: str, entry: ModelEntry, path: Any, details: ModelDetails,
                     config: EngineConfig, memory: int) -> LoadedModel:
         log.info("loading %s (num_ctx=%d, num_parallel=%d)", entry.name.display, config.num_ctx, config.num_parallel)
         try:
-            engine = await asyncio.to_thread(Engine, str(path), config)
+            engine = await asyncio.to_thread(self._open_engine, path, config)
         except Exception as exc:  # llama.cpp reports load failures as a bare None/ValueError
             raise ModelLoadError(f'failed to load model "{entry.name.display}": {exc}') from exc
         template_override = self.store.layer_text(entry, "template")
