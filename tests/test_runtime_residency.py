@@ -238,16 +238,16 @@ def test_a_busy_model_is_never_evicted_the_newcomer_waits(store_root):
 
 def test_full_queue_fails_fast_with_server_busy(store_root):
     async def scenario():
-        gate = threading.Event()
-        h = Harness(store_root, gate=gate, max_queue=1, num_parallel=1)
+        h = Harness(store_root, max_queue=1, num_parallel=1)
+        await h.complete("smollm2")  # loaded: one decoding slot, so one more request may wait
+        gate = h.opened[0].gate = threading.Event()
         tasks = [asyncio.create_task(h.complete("smollm2")) for _ in range(4)]
         await asyncio.sleep(0.1)
         gate.set()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         busy = [r for r in results if isinstance(r, ServerBusy)]
         served = [r for r in results if isinstance(r, Done)]
-        # One decoding slot plus one queued request are admitted; the rest are refused at once.
-        assert len(served) == 2 and len(busy) == 2
+        assert len(served) == 2 and len(busy) == 2  # the slot's request and the one waiting; the rest refused
         assert "LOKAL_MAX_QUEUE" in str(busy[0])
         await h.complete("smollm2")  # healthy afterwards
         await h.runtime.close()
