@@ -34,6 +34,7 @@ class Scheduler:
         self.num_batch = num_batch
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # in admission order
+        self.num_reused_tokens = 0  # prompt tokens prefix reuse saved, all requests together (metrics)
 
     @property
     def has_work(self) -> bool:
@@ -82,4 +83,5 @@ class Scheduler:
             request = self.waiting.popleft()
             request.slot = lease.slot
             request.num_computed = request.num_reused = lease.num_reused
+            self.num_reused_tokens += lease.num_reused
             self.running.append(request)
