@@ -11,17 +11,21 @@ import asyncio
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Iterator
 
 from lokal.config import Settings, physical_cores
 from lokal.engine import AsyncSink, Engine, EngineConfig, grammar_for
-from lokal.errors import BadRequest, InsufficientMemory, ModelLoadError, ServerBusy, UnsupportedCapability
-from lokal.hardware import available_memory, estimate_memory, process_rss
+from lokal.errors import (BadRequest, InsufficientMemory, LokalError, ModelLoadError, ServerBusy,
+                          UnsupportedCapability)
+from lokal.hardware import DeviceChoice, available_memory, choose_device, detect, estimate_memory, process_rss
 from lokal.prompt import build_prompt
 from lokal.store.gguf_info import ModelDetails, read_details
 from lokal.store.names import ModelName
+from lokal.store.onnx_layout import is_onnx, materialize
+from lokal.store.onnx_layout import read_details as read_onnx_details
+from lokal.store.onnx_layout import read_info as read_onnx_info
 from lokal.store.store import ModelEntry, Store
 from lokal.templates import ChatTemplate
 from lokal.types import (Done, EmbedRequest, EmbedResult, Event, GenerateRequest, LoadOptions, Message,
@@ -42,6 +46,10 @@ class RunningModel:
     context_length: int
     expires_at: datetime | None
     details: ModelDetails
+    format: str = "gguf"  # gguf | onnx
+    device: str = "cpu"  # where it runs, chosen from LOKAL_DEVICE (hardware.choose_device)
+    device_reason: str = ""
+    concurrency: str = "batch"  # batch: continuous batching over num_parallel slots; queue: one at a time
 
 
 @dataclass
@@ -59,11 +67,13 @@ class ModelDefaults:
 class LoadedModel:
     key: str
     entry: ModelEntry
-    engine: Engine
+    engine: Any  # Engine (llama.cpp) or OnnxEngine
     details: ModelDetails
     template: ChatTemplate
     config: EngineConfig
     memory: int
+    format: str = "gguf"
+    device: DeviceChoice | None = None
     num_active: int = 0
     keep_alive: float = 300.0
     expires_at: float | None = None  # wall clock; None while busy or kept forever
@@ -90,6 +100,7 @@ class Runtime:
         self._changed = asyncio.Condition(self._lock)
         self._num_in_flight = 0
         self._closed = False
+        self._detected_hardware: Any = None  # detected on the first load (nvidia-smi may take a moment)
 
     # ---- public API -------------------------------------------------------------------------------
 
@@ -125,9 +136,11 @@ class Runtime:
                               num_ctx=model.config.num_ctx, num_predict=sampling.num_predict,
                               default_system=defaults.system, default_messages=defaults.messages,
                               bos_token=model.engine.bos_text, eos_token=model.engine.eos_text)
-        grammar = grammar_for(request.format)
         sink = AsyncSink(asyncio.get_running_loop())
-        handle = model.engine.submit(prompt.tokens, sampling, grammar=grammar, sink=sink)
+        if model.format == "onnx":  # GenAI constrains output with its own guidance, from the schema itself
+            handle = model.engine.submit(prompt.tokens, sampling, format=request.format, sink=sink)
+        else:
+            handle = model.engine.submit(prompt.tokens, sampling, grammar=grammar_for(request.format), sink=sink)
         try:
             async for event in sink:
                 if isinstance(event, Done):
@@ -197,7 +210,10 @@ class Runtime:
             result.append(RunningModel(
                 name=model.entry.name.display, model=model.entry.name.display, digest=model.entry.digest,
                 size=model.memory, size_vram=0, context_length=model.config.num_ctx,
-                expires_at=expires, details=model.details))
+                expires_at=expires, details=model.details, format=model.format,
+                device=model.device.device if model.device else "cpu",
+                device_reason=model.device.reason if model.device else "",
+                concurrency=getattr(model.engine, "concurrency", "batch")))
         return result
 
     def loaded_engine(self, model: str) -> Engine | None:
@@ -252,25 +268,30 @@ class Runtime:
         return EngineConfig(
             num_ctx=num_ctx,
             num_parallel=load.num_parallel or self.settings.num_parallel,
-            num_batch=load.num_batch,
+            num_batch=load.num_batch if load.num_batch != LoadOptions.num_batch else self.settings.num_batch,
             num_thread=load.num_thread or self.settings.num_thread or physical_cores(),
             num_gpu=load.num_gpu,
             use_mmap=load.use_mmap,
             use_mlock=load.use_mlock,
             flash_attention=self.settings.flash_attention if load.flash_attention is None else load.flash_attention,
             prompt_cache=self.settings.prompt_cache << 20,
+            prefix_reuse=self.settings.prefix_reuse,
             kv_cache_type=self.settings.kv_cache_type,
         )
 
     async def _acquire(self, name: ModelName, entry: ModelEntry, load: LoadOptions) -> tuple[LoadedModel, int]:
         """The loaded model for this request (loading it if needed), marked busy. Returns load time in ns."""
         key = _model_key(name)
-        path = self.store.model_path(entry)
+        is_onnx_model = is_onnx(entry)
+        path = (await asyncio.to_thread(materialize, self.store, entry)) if is_onnx_model \
+            else self.store.model_path(entry)
         async with self._lock:
             while True:
                 loaded = self._loaded.get(key)
                 if loaded is not None and loaded.entry.digest == entry.digest:
                     details = loaded.details
+                elif is_onnx_model:
+                    details = await asyncio.to_thread(read_onnx_details, self.store, entry)
                 else:
                     details = await asyncio.to_thread(read_details, path)
                 wanted = self._engine_config(entry, details, load)
@@ -281,7 +302,8 @@ class Runtime:
                     await self._evict(loaded, why="load options or the model changed")  # reload
                     loaded = None
                 if loaded is None:
-                    memory = estimate_memory(path.stat().st_size, details.metadata,
+                    weights = entry.size if is_onnx_model else path.stat().st_size
+                    memory = estimate_memory(weights, details.metadata,
                                              wanted.num_ctx * wanted.num_parallel, wanted.kv_cache_type).total
                     if await self._make_room(entry.name.display, memory):
                         started = time.perf_counter_ns()
@@ -315,18 +337,46 @@ class Runtime:
 
     async def _load(self, key: str, entry: ModelEntry, path: Any, details: ModelDetails,
                     config: EngineConfig, memory: int) -> LoadedModel:
-        log.info("loading %s (num_ctx=%d, num_parallel=%d)", entry.name.display, config.num_ctx, config.num_parallel)
+        model_format = "onnx" if is_onnx(entry) else "gguf"
+        device = await asyncio.to_thread(self._choose_device, entry, model_format)
+        log.info("loading %s (%s, num_ctx=%d, num_parallel=%d) on %s", entry.name.display, model_format,
+                 config.num_ctx, config.num_parallel, device.reason)
         try:
-            engine = await asyncio.to_thread(Engine, str(path), config)
+            if model_format == "onnx":
+                from lokal.engine.onnx import OnnxEngine
+
+                engine: Any = await asyncio.to_thread(OnnxEngine, path, config, device.provider)
+            else:
+                if device.device == "cpu" and config.num_gpu != 0:
+                    config = replace(config, num_gpu=0)
+                engine = await asyncio.to_thread(Engine, str(path), config)
+        except LokalError:
+            raise
         except Exception as exc:  # llama.cpp reports load failures as a bare None/ValueError
             raise ModelLoadError(f'failed to load model "{entry.name.display}": {exc}') from exc
         template_override = self.store.layer_text(entry, "template")
         template = ChatTemplate.from_model(details.chat_template, template_override,
                                          architecture=details.architecture)
         model = LoadedModel(key=key, entry=entry, engine=engine, details=details, template=template,
-                            config=config, memory=memory)
+                            config=config, memory=memory, format=model_format, device=device)
         self._loaded[key] = model
         return model
+
+    def _choose_device(self, entry: ModelEntry, model_format: str) -> DeviceChoice:
+        """Where the model runs: the first device of LOKAL_DEVICE this machine (and, for ONNX, the
+        provider the model was built for) can serve; the choice and its reason go to the log and `ps`."""
+        preferred, *fallback = self.settings.device
+        offered = None
+        if model_format == "onnx":
+            built_for = read_onnx_info(self.store, entry).provider
+            offered = ["cpu"] if built_for == "cpu" else ["gpu"] if built_for in ("cuda", "dml", "webgpu") \
+                else ["npu"]
+        return choose_device(self._hardware(), preferred, fallback, model_format, offered)
+
+    def _hardware(self) -> Any:
+        if self._detected_hardware is None:
+            self._detected_hardware = detect()
+        return self._detected_hardware
 
     def _residency(self) -> str:
         """Models loaded and process memory, the tail of every load/unload log line."""

@@ -45,9 +45,14 @@ class ConvertProgress:
 
 
 def onnx_tag(name: ModelName, precision: str, provider: str) -> ModelName:
-    """``smollm2:135m`` → ``smollm2:135m-onnx-int4-cpu``; ``x:latest`` → ``x:onnx-int4-cpu``."""
+    """``smollm2`` / ``smollm2:135m`` → ``smollm2:135m-onnx-int4-cpu`` (the catalog's size, as Foundry names
+    variants by device); a name outside the catalog keeps its tag: ``x:latest`` → ``x:onnx-int4-cpu``."""
+    from lokal.store.catalog import Catalog
+
     suffix = f"onnx-{precision}-{provider}"
-    tag = suffix if name.tag.lower() == "latest" else f"{name.tag}-{suffix}"
+    variant = Catalog.packaged().resolve(name.display)
+    base = variant.size if variant is not None else ("" if name.tag.lower() == "latest" else name.tag)
+    tag = f"{base}-{suffix}" if base else suffix
     return ModelName(name.host, name.namespace, name.model, tag)
 
 
@@ -151,7 +156,7 @@ def run_builder(folder: Path, out: Path, cache: Path, precision: str, provider: 
     assert process.stdout is not None
     for line in process.stdout:
         line = line.rstrip()
-        if line:
+        if line and "it/s]" not in line and "s/it]" not in line:  # tqdm bars: one line per tensor
             tail = (tail + [line])[-20:]
             yield line
     if process.wait() != 0 or not (out / "genai_config.json").is_file():

@@ -16,8 +16,10 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lokal.errors import StoreError
+from lokal.store.gguf_info import ModelDetails
 from lokal.store.manifests import CONFIG_MEDIA_TYPE, LAYER_KINDS, Layer, Manifest, config_blob
 from lokal.store.names import ModelName
 from lokal.store.store import ModelEntry, Store
@@ -55,12 +57,17 @@ def store_folder(store: Store, name: str | ModelName, folder: Path, info: OnnxIn
             digest = store.blobs.add_file(path)
             layers.append(Layer(ONNX_MEDIA_TYPE, digest, store.blobs.size(digest),
                                 path.relative_to(folder).as_posix()))
-        data = json.loads(config_blob("onnx", info.family, model_type=info.parameter_size, file_type=info.precision,
-                                      diff_ids=[layer.digest for layer in layers]))
-        data.update(execution_provider=info.provider, precision=info.precision, converted_from=info.source)
-        config = json.dumps(data, separators=(",", ":")).encode()
+        config = onnx_config_blob(info, layers)
         manifest = Manifest(Layer(CONFIG_MEDIA_TYPE, store.blobs.add_bytes(config), len(config)), layers)
         return store.write_manifest(name, manifest)
+
+
+def onnx_config_blob(info: OnnxInfo, layers: list[Layer]) -> bytes:
+    """Ollama's config JSON with format onnx, plus the execution provider and precision."""
+    data = json.loads(config_blob("onnx", info.family, model_type=info.parameter_size, file_type=info.precision,
+                                  diff_ids=[layer.digest for layer in layers]))
+    data.update(execution_provider=info.provider, precision=info.precision, converted_from=info.source)
+    return json.dumps(data, separators=(",", ":")).encode()
 
 
 def read_info(store: Store, entry: ModelEntry) -> OnnxInfo:
@@ -112,3 +119,45 @@ def _safe_relative(path: str, entry: ModelEntry) -> Path:
     if not path or relative.is_absolute() or ".." in relative.parts:
         raise StoreError(f"{entry.name.display}: refusing a model file path outside its folder: {path!r}")
     return relative
+
+
+def _layer_bytes(store: Store, entry: ModelEntry, file_name: str) -> bytes | None:
+    layer = next((layer for layer in entry.manifest.layers
+                  if layer.media_type == ONNX_MEDIA_TYPE and layer.from_ == file_name), None)
+    if layer is None:
+        return None
+    try:
+        return store.blobs.path(layer.digest).read_bytes()
+    except OSError:
+        return None
+
+
+def read_details(store: Store, entry: ModelEntry) -> ModelDetails:
+    """``ModelDetails`` (what show/ps print, what the runtime sizes) from genai_config.json and the config blob."""
+    info = read_info(store, entry)
+    try:
+        genai = json.loads(_layer_bytes(store, entry, "genai_config.json") or b"{}")
+        tokenizer_config = json.loads(_layer_bytes(store, entry, "tokenizer_config.json") or b"{}")
+    except ValueError as exc:
+        raise StoreError(f"{entry.name.display}: unreadable model config: {exc}") from None
+    template = (_layer_bytes(store, entry, "chat_template.jinja") or b"").decode("utf-8", errors="replace") \
+        or tokenizer_config.get("chat_template")
+    model = genai.get("model", {})
+    decoder = model.get("decoder", {})
+    architecture = info.family or str(model.get("type", ""))
+    metadata: dict[str, Any] = {
+        "general.architecture": architecture,
+        f"{architecture}.block_count": decoder.get("num_hidden_layers"),
+        f"{architecture}.embedding_length": decoder.get("hidden_size"),
+        f"{architecture}.attention.head_count": decoder.get("num_attention_heads"),
+        f"{architecture}.attention.head_count_kv": decoder.get("num_key_value_heads"),
+        f"{architecture}.context_length": model.get("context_length"),
+        "onnx.execution_provider": info.provider,
+        "onnx.precision": info.precision,
+    }
+    return ModelDetails(architecture=architecture, name=entry.name.model, family=architecture,
+                        parameter_count=0, parameter_size=info.parameter_size, file_type=None,
+                        quantization_level=info.precision, context_length=model.get("context_length"),
+                        embedding_length=decoder.get("hidden_size"), chat_template=template or None,
+                        bos_token=None, eos_token=None, license=None, pooling_type=None,
+                        metadata={k: v for k, v in metadata.items() if v is not None})
