@@ -21,14 +21,13 @@ from lokal.errors import (BadRequest, InsufficientMemory, LokalError, ModelLoadE
                           UnsupportedCapability)
 from lokal.hardware import DeviceChoice, available_memory, choose_device, detect, estimate_memory, process_rss
 from lokal.prompt import build_prompt
-from lokal.store.gguf_info import ModelDetails, read_details
+from lokal.store.gguf_info import ModelDetails
 from lokal.store.names import ModelName
-from lokal.store.onnx_layout import is_onnx, materialize
-from lokal.store.onnx_layout import read_details as read_onnx_details
 from lokal.store.onnx_layout import read_info as read_onnx_info
 from lokal.store.store import ModelEntry, Store
+from lokal.store.stored_model import StoredModel
 from lokal.templates import ChatTemplate
-from lokal.types import (Done, EmbedRequest, EmbedResult, Event, GenerateRequest, LoadOptions, Message,
+from lokal.types import (Done, EmbedRequest, EmbedResult, Event, GenerateRequest, LoadOptions,
                          SamplingOptions, split_options)
 
 log = logging.getLogger("lokal.runtime")
@@ -50,17 +49,6 @@ class RunningModel:
     device: str = "cpu"  # where it runs, chosen from LOKAL_DEVICE (hardware.choose_device)
     device_reason: str = ""
     concurrency: str = "batch"  # batch: continuous batching over num_parallel slots; queue: one at a time
-
-
-@dataclass
-class ModelDefaults:
-    """What a model's manifest says about requests: its Modelfile PARAMETERs, SYSTEM and MESSAGES.
-    (Its TEMPLATE is read once at load time: it belongs to the loaded model.)"""
-
-    sampling: SamplingOptions
-    load: LoadOptions
-    system: str | None
-    messages: list[Message]
 
 
 @dataclass
@@ -114,18 +102,18 @@ class Runtime:
                 await self.unload(request.model)
                 yield Done(reason="unload", total_duration=time.perf_counter_ns() - started)
                 return
-        entry, defaults = self._defaults(request.model)
-        sampling, load = split_options(request.options, defaults.sampling, defaults.load)
+        stored = self.store.open(request.model)
+        sampling, load = split_options(request.options, *stored.options())
         with self._queue_slot():
-            model, load_ns = await self._acquire(name, entry, load)
+            model, load_ns = await self._acquire(name, stored, load)
             try:
-                async for event in self._generate_on(model, request, sampling, defaults, started, load_ns):
+                async for event in self._generate_on(model, request, sampling, stored, started, load_ns):
                     yield event
             finally:
                 self._release(model, keep_alive)
 
     async def _generate_on(self, model: LoadedModel, request: GenerateRequest, sampling: SamplingOptions,
-                           defaults: ModelDefaults, started: int, load_ns: int) -> AsyncIterator[Event]:
+                           stored: StoredModel, started: int, load_ns: int) -> AsyncIterator[Event]:
         if request.prompt is None and not request.messages:
             yield Done(reason="load", load_duration=load_ns, total_duration=time.perf_counter_ns() - started)
             return
@@ -134,7 +122,7 @@ class Runtime:
             raise UnsupportedCapability(f'model "{model.entry.name.display}" does not support images')
         prompt = build_prompt(request, template=model.template, tokenize=model.engine.tokenize,
                               num_ctx=model.config.num_ctx, num_predict=sampling.num_predict,
-                              default_system=defaults.system, default_messages=defaults.messages,
+                              default_system=stored.system, default_messages=stored.default_messages(),
                               bos_token=model.engine.bos_text, eos_token=model.engine.eos_text)
         sink = AsyncSink(asyncio.get_running_loop())
         if model.format == "onnx":  # GenAI constrains output with its own guidance, from the schema itself
@@ -153,12 +141,12 @@ class Runtime:
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         started = time.perf_counter_ns()
         name = ModelName.parse(request.model)
-        entry, defaults = self._defaults(request.model)
-        _, load = split_options(request.options, defaults.sampling, defaults.load)
+        stored = self.store.open(request.model)
+        _, load = split_options(request.options, *stored.options())
         if request.dimensions is not None and request.dimensions < 1:
             raise BadRequest("dimensions must be a positive integer")
         with self._queue_slot():
-            model, load_ns = await self._acquire(name, entry, load)
+            model, load_ns = await self._acquire(name, stored, load)
             try:
                 return await self._embed_on(model, request, started, load_ns)
             finally:
@@ -232,19 +220,6 @@ class Runtime:
     def _keep_alive(self, requested: float | None) -> float:
         return float(self.settings.keep_alive if requested is None else requested)
 
-    def _defaults(self, model: str) -> tuple[ModelEntry, ModelDefaults]:
-        entry = self.store.get(model)
-        name = entry.name
-        params = dict(self.store.params(entry))
-        try:
-            sampling, load = split_options(params)
-        except BadRequest as exc:
-            raise BadRequest(f'model "{name.display}" has an invalid PARAMETER: {exc.message}') from None
-        messages = [Message(role=m.get("role", "user"), content=m.get("content", ""))
-                    for m in self.store.messages(entry)]
-        return entry, ModelDefaults(sampling=sampling, load=load, system=self.store.layer_text(entry, "system"),
-                                    messages=messages)
-
     @contextmanager
     def _queue_slot(self) -> Iterator[None]:
         """Counts a request from arrival to its end. Requests beyond the loaded models' decoding slots
@@ -279,21 +254,13 @@ class Runtime:
             kv_cache_type=self.settings.kv_cache_type,
         )
 
-    async def _acquire(self, name: ModelName, entry: ModelEntry, load: LoadOptions) -> tuple[LoadedModel, int]:
+    async def _acquire(self, name: ModelName, stored: StoredModel, load: LoadOptions) -> tuple[LoadedModel, int]:
         """The loaded model for this request (loading it if needed), marked busy. Returns load time in ns."""
         key = _model_key(name)
-        is_onnx_model = is_onnx(entry)
-        path = (await asyncio.to_thread(materialize, self.store, entry)) if is_onnx_model \
-            else self.store.model_path(entry)
+        entry, path, details = stored.entry, stored.path, stored.details
         async with self._lock:
             while True:
                 loaded = self._loaded.get(key)
-                if loaded is not None and loaded.entry.digest == entry.digest:
-                    details = loaded.details
-                elif is_onnx_model:
-                    details = await asyncio.to_thread(read_onnx_details, self.store, entry)
-                else:
-                    details = await asyncio.to_thread(read_details, path)
                 wanted = self._engine_config(entry, details, load)
                 if loaded is not None and loaded.config == wanted and loaded.entry.digest == entry.digest:
                     self._mark_busy(loaded)
@@ -302,12 +269,12 @@ class Runtime:
                     await self._evict(loaded, why="load options or the model changed")  # reload
                     loaded = None
                 if loaded is None:
-                    weights = entry.size if is_onnx_model else path.stat().st_size
+                    weights = entry.size if stored.format == "onnx" else path.stat().st_size
                     memory = estimate_memory(weights, details.metadata,
                                              wanted.num_ctx * wanted.num_parallel, wanted.kv_cache_type).total
                     if await self._make_room(entry.name.display, memory):
                         started = time.perf_counter_ns()
-                        model = await self._load(key, entry, path, details, wanted, memory)
+                        model = await self._load(key, stored, wanted, memory)
                         load_ns = time.perf_counter_ns() - started
                         log.info("loaded %s in %.2f s: %s KV cache, %.0f MB estimated; %s", entry.name.display,
                                  load_ns / 1e9, wanted.kv_cache_type, memory / 1e6, self._residency())
@@ -335,9 +302,9 @@ class Runtime:
                                                 f"{available_memory() / 1e9:.2f} GB available")
         return True
 
-    async def _load(self, key: str, entry: ModelEntry, path: Any, details: ModelDetails,
-                    config: EngineConfig, memory: int) -> LoadedModel:
-        model_format = "onnx" if is_onnx(entry) else "gguf"
+    async def _load(self, key: str, stored: StoredModel, config: EngineConfig, memory: int) -> LoadedModel:
+        entry, path = stored.entry, stored.path
+        model_format = stored.format
         device = await asyncio.to_thread(self._choose_device, entry, model_format)
         log.info("loading %s (%s, num_ctx=%d, num_parallel=%d) on %s", entry.name.display, model_format,
                  config.num_ctx, config.num_parallel, device.reason)
@@ -354,10 +321,7 @@ class Runtime:
             raise
         except Exception as exc:  # llama.cpp reports load failures as a bare None/ValueError
             raise ModelLoadError(f'failed to load model "{entry.name.display}": {exc}') from exc
-        template_override = self.store.layer_text(entry, "template")
-        template = ChatTemplate.from_model(details.chat_template, template_override,
-                                         architecture=details.architecture)
-        model = LoadedModel(key=key, entry=entry, engine=engine, details=details, template=template,
+        model = LoadedModel(key=key, entry=entry, engine=engine, details=stored.details, template=stored.chat_template,
                             config=config, memory=memory, format=model_format, device=device)
         self._loaded[key] = model
         return model
