@@ -62,7 +62,7 @@ def test_offered_devices_limit_the_choice():
 
 
 def test_pull_phi4_mini_on_a_cpu_machine_picks_the_cpu_gguf():
-    choice = Catalog.packaged().variant_for("phi4:mini", CPU_ONLY, ["cpu", "gpu", "npu"])
+    choice = Catalog.packaged().variant_for("phi4:mini", CPU_ONLY, ["gpu", "npu", "cpu"])
     assert choice.variant.name == "phi4:mini-q4_k_m" and choice.variant.format == "gguf"
     assert choice.device == "cpu"
 
@@ -105,7 +105,7 @@ def test_hardware_command_json():
     result = CliRunner().invoke(app, ["hardware", "--json"])
     assert result.exit_code == 0, result.output
     body = json.loads(result.output)
-    assert body["cpu"]["cores"] >= 1 and body["preference"] == ["cpu", "gpu", "npu"]
+    assert body["cpu"]["cores"] >= 1 and body["preference"] == ["gpu", "npu", "cpu"]
     text = CliRunner().invoke(app, ["hardware"])
     assert text.exit_code == 0 and "llama.cpp" in text.output and "ONNX" in text.output
 

@@ -102,4 +102,4 @@ def test_api_hardware(server):
     assert body["cpu"]["cores"] >= 1 and body["memory"]["total"] > 0
     assert "CPUExecutionProvider" in body["onnx_execution_providers"]
     assert "CPU" in body["llama_cpp_backends"] and "cpu" in body["devices"]
-    assert body["preference"] == ["cpu", "gpu", "npu"]
+    assert body["preference"] == ["gpu", "npu", "cpu"]

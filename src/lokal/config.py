@@ -131,7 +131,7 @@ SETTINGS: tuple[Setting, ...] = (
             "environment and flags.", lambda raw: Path(raw).expanduser() if raw.strip() else None),
     Setting("LOKAL_NUM_BATCH", "512", "Most tokens one engine step computes (num_batch).", int),
     Setting("LOKAL_OPENAI_API", "1", "Serve the OpenAI API under /v1 (0 removes it).", parse_bool),
-    Setting("LOKAL_DEVICE", "cpu,gpu,npu", "Devices in order of preference (cpu, gpu, npu): picks catalog variants "
+    Setting("LOKAL_DEVICE", "gpu,npu,cpu", "Devices in order of preference (cpu, gpu, npu): picks catalog variants "
             "at pull and the ONNX execution provider at load.", parse_devices),
     Setting("LOKAL_QUANTIZATION", "dynamic", "Variant `deploy` pulls: dynamic (best fit for the device) or a "
             "quantization such as q4_k_m or int4.", lambda raw: raw.strip().lower() or "dynamic"),

@@ -37,9 +37,9 @@ class _Section(BaseModel):
 
 
 class Hardware(_Section):
-    preferred: Device = "cpu"
+    preferred: Device = "gpu"
     """Device tried first: picks the catalog variant and the ONNX execution provider."""
-    fallback: list[Device] = ["cpu"]
+    fallback: list[Device] = ["npu", "cpu"]
     """Devices tried next, in order, when the preferred one is missing or has no variant."""
 
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Iterator
 
@@ -245,7 +245,8 @@ class Runtime:
             num_parallel=load.num_parallel or self.settings.num_parallel,
             num_batch=load.num_batch if load.num_batch != LoadOptions.num_batch else self.settings.num_batch,
             num_thread=load.num_thread or self.settings.num_thread or physical_cores(),
-            num_gpu=load.num_gpu,
+            # LOKAL_DEVICE preferring the CPU over a GPU this build could use keeps the layers on the CPU.
+            num_gpu=load.num_gpu if self._gguf_device() != "cpu" else 0,
             use_mmap=load.use_mmap,
             use_mlock=load.use_mlock,
             flash_attention=self.settings.flash_attention if load.flash_attention is None else load.flash_attention,
@@ -314,8 +315,6 @@ class Runtime:
 
                 engine: Any = await asyncio.to_thread(OnnxEngine, path, config, device.provider)
             else:
-                if device.device == "cpu" and config.num_gpu != 0:
-                    config = replace(config, num_gpu=0)
                 engine = await asyncio.to_thread(Engine, str(path), config)
         except LokalError:
             raise
@@ -336,6 +335,13 @@ class Runtime:
             offered = ["cpu"] if built_for == "cpu" else ["gpu"] if built_for in ("cuda", "dml", "webgpu") \
                 else ["npu"]
         return choose_device(self._hardware(), preferred, fallback, model_format, offered)
+
+    def _gguf_device(self) -> str:
+        preferred, *fallback = self.settings.device
+        try:
+            return choose_device(self._hardware(), preferred, fallback, "gguf").device
+        except LokalError:
+            return "cpu"
 
     def _hardware(self) -> Any:
         if self._detected_hardware is None:
