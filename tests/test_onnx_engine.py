@@ -123,3 +123,15 @@ def test_converting_an_unknown_model_is_a_clear_error(onnx_store):
         list(convert_to_onnx(Store(onnx_store), ONNX_NAME))
     with pytest.raises(BadRequest, match="precision"):
         list(convert_to_onnx(Store(onnx_store), "smollm2", precision="int3"))
+
+
+def test_show_command_names_format_and_provider(onnx_store, monkeypatch):
+    from typer.testing import CliRunner
+
+    from lokal.cli import app
+
+    monkeypatch.setenv("LOKAL_MODELS", str(onnx_store))
+    monkeypatch.setenv("LOKAL_HOST", "127.0.0.1:1")
+    shown = CliRunner().invoke(app, ["show", ONNX_NAME])
+    assert shown.exit_code == 0, shown.output
+    assert "onnx" in shown.output and "execution provider" in shown.output and "int4" in shown.output
