@@ -60,6 +60,10 @@ class Renderer(Protocol):
 
     def error(self, error: LokalError) -> bytes: ...
 
+    def final(self, done: Done, text: str) -> dict[str, Any]:
+        """The whole answer as one JSON object, for non-streaming requests."""
+        ...
+
 
 async def close_quietly(events: AsyncIterator[Any]) -> None:
     """Close the runtime's iterator even while this task is being cancelled (client gone)."""
