@@ -97,7 +97,8 @@ class Harness:
         self.opened: list[FakeEngine] = []
         self.runtime = Runtime(Settings(environ=environ), open_engine=self._open, free_memory=lambda: self.free)
 
-    def _open(self, path: Path, config: EngineConfig) -> FakeEngine:
+    def _open(self, path: Path, config: EngineConfig, fmt: str, provider: object) -> FakeEngine:
+        assert fmt == "gguf"
         engine = FakeEngine(path, config, self.gate)
         self.opened.append(engine)
         return engine
@@ -125,6 +126,7 @@ def test_the_default_seam_opens_the_real_engine_for_a_gguf(store_root):
     entry = store.get("smollm2")
     assert model_format(store.model_path(entry)) == "gguf"
     assert model_format(Path(__file__)) == ""
+    assert model_format(Path(__file__).parent) == "onnx"  # an ONNX model is a folder
 
 
 def test_loads_once_and_reuses_the_engine(store_root):

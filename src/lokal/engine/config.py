@@ -22,6 +22,7 @@ class EngineConfig:
     kv_cache_type: str = "f16"  # a key of lokal.hardware.KV_CACHE_TYPES
     embedding: bool = False  # embedding-only use: no generation context at all
     prompt_cache: int = 512 << 20  # bytes of idle slots' KV parked in host memory for prefix reuse (kv.py)
+    prefix_reuse: bool = True  # False: every prompt is computed in full (LOKAL_PREFIX_REUSE=0)
 
     def __post_init__(self) -> None:
         if self.num_ctx < 16:

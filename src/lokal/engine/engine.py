@@ -247,7 +247,8 @@ class Engine:
         except BaseException as exc:
             ready.set_exception(exc)
             return
-        slots = SlotTable(self.config.num_parallel, runner, self.config.prompt_cache)
+        slots = SlotTable(self.config.num_parallel, runner, self.config.prompt_cache,
+                          reuse_prefix=self.config.prefix_reuse)
         self._scheduler = Scheduler(slots, self.config.batch_size)
         ready.set_result(runner)
 

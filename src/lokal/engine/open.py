@@ -1,4 +1,5 @@
-"""Which engine runs a model file, chosen by the file's format; and the surface every engine offers.
+"""Which engine runs a model, chosen by its format (GGUF: llama.cpp; ONNX: onnxruntime); and the surface
+every engine offers.
 
 The runtime only ever holds a ``ModelEngine``: it builds prompts with ``tokenize`` and the special-token
 texts, streams generations with ``submit``, embeds with ``embed``, reads ``stats`` and ``close``s it on
@@ -41,7 +42,11 @@ class ModelEngine(Protocol):
 
 
 def model_format(path: Path) -> str:
-    """"gguf" for a GGUF file (by its magic bytes, not its name); "" when the format is not one we run."""
+    """"gguf" for a GGUF file (by its magic bytes, not its name), "onnx" for a folder (an ONNX model's
+    layout, see lokal.store.onnx_layout); "" when it is neither."""
+    path = Path(path)
+    if path.is_dir():
+        return "onnx"
     try:
         with open(path, "rb") as file:
             magic = file.read(4)
@@ -50,9 +55,14 @@ def model_format(path: Path) -> str:
     return "gguf" if magic == GGUF_MAGIC else ""
 
 
-def open_engine(path: Path, config: EngineConfig) -> ModelEngine:
-    """Load the model at ``path`` into the engine for its format (blocking: call it off the event loop)."""
-    fmt = model_format(Path(path))
+def open_engine(path: Path, config: EngineConfig, fmt: str = "", provider: str | None = None) -> ModelEngine:
+    """Load the model at ``path`` into the engine for its format (the store's word for it, else read from the
+    file), on ``provider`` where the engine takes one. Blocking: call it off the event loop."""
+    fmt = fmt or model_format(Path(path))
+    if fmt == "onnx":
+        from lokal.engine.onnx import OnnxEngine  # onnxruntime is an optional extra
+
+        return OnnxEngine(path, config, provider)
     if fmt == "gguf":
         return Engine(str(path), config)
-    raise ModelLoadError(f"{path} is not a model format lokal can run (expected GGUF)")
+    raise ModelLoadError(f"{path} is not a model format lokal can run (GGUF or an ONNX model folder)")
