@@ -14,17 +14,19 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator, Literal
 
 from lokal.config import Settings, physical_cores
-from lokal.engine import AsyncSink, Engine, EngineConfig, grammar_for
-from lokal.engine.llamacpp import gpu_offload_supported
-from lokal.errors import BadRequest, InsufficientMemory, ModelLoadError, ServerBusy, UnsupportedCapability
-from lokal.hardware import available_memory, estimate_memory, process_rss
+from lokal.engine import AsyncSink, EngineConfig, grammar_for
+from lokal.engine.open import ModelEngine, open_engine
+from lokal.errors import (BadRequest, InsufficientMemory, LokalError, ModelLoadError, ServerBusy,
+                          UnsupportedCapability)
+from lokal.hardware import DeviceChoice, available_memory, choose_device, detect, estimate_memory, process_rss
 from lokal.knowledge.index import DEFAULT_MIN_SCORE, DEFAULT_TOP_K, Hit, knowledge_prompt, load_index
 from lokal.prompt import build_prompt
 from lokal.store.gguf_info import ModelDetails
 from lokal.store.names import ModelName
+from lokal.store.onnx_layout import read_info as read_onnx_info
 from lokal.store.store import ModelEntry, Store
 from lokal.store.stored_model import StoredModel
 from lokal.templates import ChatTemplate
@@ -46,17 +48,37 @@ class RunningModel:
     context_length: int
     expires_at: datetime | None
     details: ModelDetails
+    format: str = "gguf"  # gguf | onnx
+    device: str = "cpu"  # where it runs, chosen from LOKAL_DEVICE (hardware.choose_device)
+    device_reason: str = ""
+    concurrency: str = "batch"  # batch: continuous batching over num_parallel slots; queue: one at a time
+
+
+# Why a model was unloaded, as a bounded word for metrics (the log line says it in full).
+UnloadCause = Literal["requested", "keep_alive", "max_loaded", "memory", "reload", "shutdown"]
+
+
+@dataclass(frozen=True)
+class ResidencyEvent:
+    """A model loaded or unloaded, for listeners such as the server's metrics."""
+
+    kind: Literal["load", "unload"]
+    model: str
+    seconds: float
+    cause: UnloadCause | None = None  # unloads only
 
 
 @dataclass
 class LoadedModel:
     key: str
     entry: ModelEntry
-    engine: Engine
+    engine: ModelEngine  # Engine (llama.cpp) or OnnxEngine
     details: ModelDetails
     template: ChatTemplate
     config: EngineConfig
     memory: int
+    format: str = "gguf"
+    device: DeviceChoice | None = None
     num_active: int = 0
     keep_alive: float = 300.0
     expires_at: float | None = None  # wall clock; None while busy or kept forever
@@ -73,16 +95,28 @@ def _model_key(name: ModelName) -> str:
     return str(name).lower()
 
 
+OpenEngine = Callable[[Any, EngineConfig, str, Any], ModelEngine]  # (path, config, model format, device provider)
+
+
 class Runtime:
-    def __init__(self, settings: Settings, store: Store | None = None):
+    def __init__(self, settings: Settings, store: Store | None = None, *,
+                 open_engine: OpenEngine = open_engine, free_memory: Callable[[], int] = available_memory):
+        """``open_engine(path, config, model_format, provider)`` loads a model (blocking; run on a worker thread) and
+        ``free_memory()`` says how many bytes a new model may take: the real ones by default, stand-ins in
+        tests of residency decisions."""
         self.settings = settings
         self.store = store or Store(settings.models)
+        self._open_engine = open_engine
+        self._free_memory = free_memory
         self._loaded: dict[str, LoadedModel] = {}
         self._lock = asyncio.Lock()  # serializes load/unload decisions
         # Signalled (under the same lock, so no wake-up is lost) when a model goes idle or unloads.
         self._changed = asyncio.Condition(self._lock)
         self._num_in_flight = 0
+        self.num_refused = 0  # requests refused with 503 because the queue was full (metrics)
         self._closed = False
+        self._detected_hardware: Any = None  # detected on the first load (nvidia-smi may take a moment)
+        self.residency_listeners: list[Callable[[ResidencyEvent], None]] = []
 
     # ---- public API -------------------------------------------------------------------------------
 
@@ -123,13 +157,16 @@ class Runtime:
                               num_ctx=model.config.num_ctx, num_predict=sampling.num_predict,
                               default_system=system, default_messages=stored.default_messages(),
                               bos_token=model.engine.bos_text, eos_token=model.engine.eos_text)
-        grammar = grammar_for(request.format)
         sink = AsyncSink(asyncio.get_running_loop())
-        handle = model.engine.submit(prompt.tokens, sampling, grammar=grammar, sink=sink)
+        if model.format == "onnx":  # GenAI constrains output with its own guidance, from the schema itself
+            handle = model.engine.submit(prompt.tokens, sampling, format=request.format, sink=sink)
+        else:
+            handle = model.engine.submit(prompt.tokens, sampling, grammar=grammar_for(request.format), sink=sink)
         try:
             async for event in sink:
                 if isinstance(event, Done):
                     event.knowledge = [hit.to_dict() for hit in hits]
+                    event.model = model.entry.name.display
                     event.load_duration = load_ns
                     event.total_duration = time.perf_counter_ns() - started
                 yield event
@@ -192,7 +229,7 @@ class Runtime:
             if loaded is None:
                 return
             if loaded.is_idle:
-                await self._evict(loaded, why="unload requested")
+                await self._evict(loaded, why="unload requested", cause="requested")
             else:
                 loaded.keep_alive = 0  # unloads as soon as its last request finishes
 
@@ -211,19 +248,38 @@ class Runtime:
             result.append(RunningModel(
                 name=model.entry.name.display, model=model.entry.name.display, digest=model.entry.digest,
                 size=model.memory, size_vram=0, context_length=model.config.num_ctx,
-                expires_at=expires, details=model.details))
+                expires_at=expires, details=model.details, format=model.format,
+                device=model.device.device if model.device else "cpu",
+                device_reason=model.device.reason if model.device else "",
+                concurrency=getattr(model.engine, "concurrency", "batch")))
         return result
 
-    def loaded_engine(self, model: str) -> Engine | None:
+    def loaded_engine(self, model: str) -> ModelEngine | None:
         loaded = self._loaded.get(_model_key(ModelName.parse(model)))
         return loaded.engine if loaded else None
+
+    def loaded_engines(self) -> list[tuple[str, ModelEngine]]:
+        """(model name, engine) of every loaded model, for metrics."""
+        return [(model.entry.name.display, model.engine) for model in list(self._loaded.values())]
+
+    @property
+    def num_in_flight(self) -> int:
+        """Requests between arrival and their end, running or waiting."""
+        return self._num_in_flight
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests beyond the loaded models' decoding slots: the queue LOKAL_MAX_QUEUE bounds."""
+        capacity = sum(m.config.num_parallel for m in list(self._loaded.values()))
+        return max(0, self._num_in_flight - capacity)
 
     async def close(self) -> None:
         """Refuse new requests, end running ones with an error, unload every model."""
         self._closed = True
         async with self._lock:
             for model in list(self._loaded.values()):
-                await self._evict(model, why="server shutting down", reason="the server is shutting down")
+                await self._evict(model, why="server shutting down", cause="shutdown",
+                                  reason="the server is shutting down")
 
     # ---- residency --------------------------------------------------------------------------------
 
@@ -240,6 +296,7 @@ class Runtime:
         if self._num_in_flight - capacity >= self.settings.max_queue:
             log.warning("refused a request with 503: %d waiting, LOKAL_MAX_QUEUE=%d",
                         self._num_in_flight - capacity, self.settings.max_queue)
+            self.num_refused += 1
             raise ServerBusy(f"server busy: more than {self.settings.max_queue} requests waiting (LOKAL_MAX_QUEUE)")
         self._num_in_flight += 1
         try:
@@ -254,13 +311,15 @@ class Runtime:
         return EngineConfig(
             num_ctx=num_ctx,
             num_parallel=load.num_parallel or self.settings.num_parallel,
-            num_batch=load.num_batch,
+            num_batch=load.num_batch if load.num_batch != LoadOptions.num_batch else self.settings.num_batch,
             num_thread=load.num_thread or self.settings.num_thread or physical_cores(),
-            num_gpu=load.num_gpu,
+            # LOKAL_DEVICE preferring the CPU over a GPU this build could use keeps the layers on the CPU.
+            num_gpu=load.num_gpu if self._gguf_device() != "cpu" else 0,
             use_mmap=load.use_mmap,
             use_mlock=load.use_mlock,
             flash_attention=self.settings.flash_attention if load.flash_attention is None else load.flash_attention,
             prompt_cache=self.settings.prompt_cache << 20,
+            prefix_reuse=self.settings.prefix_reuse,
             kv_cache_type=self.settings.kv_cache_type,
         )
 
@@ -276,10 +335,11 @@ class Runtime:
                     self._mark_busy(loaded)
                     return loaded, 0
                 if loaded is not None and loaded.is_idle:
-                    await self._evict(loaded, why="load options or the model changed")  # reload
+                    await self._evict(loaded, why="load options or the model changed", cause="reload")
                     loaded = None
                 if loaded is None:
-                    memory = estimate_memory(path.stat().st_size, details.metadata,
+                    weights = entry.size if stored.format == "onnx" else path.stat().st_size
+                    memory = estimate_memory(weights, details.metadata,
                                              wanted.num_ctx * wanted.num_parallel, wanted.kv_cache_type).total
                     if await self._make_room(entry.name.display, memory):
                         started = time.perf_counter_ns()
@@ -287,6 +347,7 @@ class Runtime:
                         load_ns = time.perf_counter_ns() - started
                         log.info("loaded %s in %.2f s: %s KV cache, %.0f MB estimated; %s", entry.name.display,
                                  load_ns / 1e9, wanted.kv_cache_type, memory / 1e6, self._residency())
+                        self._tell(ResidencyEvent("load", entry.name.display, load_ns / 1e9))
                         self._mark_busy(model)
                         return model, load_ns
                 # The model is busy with other options, or every slot holds a busy model: wait for a change.
@@ -298,39 +359,75 @@ class Runtime:
         while len(self._loaded) >= self.settings.max_loaded_models:
             if not idle:
                 return False
-            await self._evict(idle.pop(0), why=f"LOKAL_MAX_LOADED_MODELS={self.settings.max_loaded_models}, "
-                                                f"least recently used, making room for {name}")
-        while needed > available_memory():
+            await self._evict(idle.pop(0), cause="max_loaded",
+                              why=f"LOKAL_MAX_LOADED_MODELS={self.settings.max_loaded_models}, "
+                                  f"least recently used, making room for {name}")
+        while needed > self._free_memory():
             if not idle:
                 if not self._loaded:
                     raise InsufficientMemory(
                         f"model requires {needed / 1e9:.1f} GB of memory but only "
-                        f"{available_memory() / 1e9:.1f} GB is available; try a smaller num_ctx or num_parallel")
+                        f"{self._free_memory() / 1e9:.1f} GB is available; try a smaller num_ctx or num_parallel")
                 return False
-            await self._evict(idle.pop(0), why=f"memory: {name} needs {needed / 1e9:.2f} GB, "
-                                                f"{available_memory() / 1e9:.2f} GB available")
+            await self._evict(idle.pop(0), cause="memory", why=f"memory: {name} needs {needed / 1e9:.2f} GB, "
+                                                              f"{self._free_memory() / 1e9:.2f} GB available")
         return True
 
     async def _load(self, key: str, stored: StoredModel, config: EngineConfig, memory: int) -> LoadedModel:
         entry, path = stored.entry, stored.path
-        log.info("loading %s (num_ctx=%d, num_parallel=%d)", entry.name.display, config.num_ctx, config.num_parallel)
-        if config.num_gpu > 0 and not gpu_offload_supported():
+        model_format = stored.format
+        device = await asyncio.to_thread(self._choose_device, entry, model_format)
+        log.info("loading %s (%s, num_ctx=%d, num_parallel=%d) on %s", entry.name.display, model_format,
+                 config.num_ctx, config.num_parallel, device.reason)
+        if config.num_gpu > 0 and model_format == "gguf" and not _gguf_gpu_offload():
             log.warning("%s asks for num_gpu %d, but this llama.cpp build has no GPU backend: running on the CPU",
                         entry.name.display, config.num_gpu)
         try:
-            engine = await asyncio.to_thread(Engine, str(path), config)
+            engine = await asyncio.to_thread(self._open_engine, path, config, model_format, device.provider)
+        except LokalError:
+            raise
         except Exception as exc:  # llama.cpp reports load failures as a bare None/ValueError
             raise ModelLoadError(f'failed to load model "{entry.name.display}": {exc}') from exc
         model = LoadedModel(key=key, entry=entry, engine=engine, details=stored.details, template=stored.chat_template,
-                            config=config, memory=memory)
+                            config=config, memory=memory, format=model_format, device=device)
         self._loaded[key] = model
         return model
+
+    def _choose_device(self, entry: ModelEntry, model_format: str) -> DeviceChoice:
+        """Where the model runs: the first device of LOKAL_DEVICE this machine (and, for ONNX, the
+        provider the model was built for) can serve; the choice and its reason go to the log and `ps`."""
+        preferred, *fallback = self.settings.device
+        offered = None
+        if model_format == "onnx":
+            built_for = read_onnx_info(self.store, entry).provider
+            offered = ["cpu"] if built_for == "cpu" else ["gpu"] if built_for in ("cuda", "dml", "webgpu") \
+                else ["npu"]
+        return choose_device(self._hardware(), preferred, fallback, model_format, offered)
+
+    def _gguf_device(self) -> str:
+        preferred, *fallback = self.settings.device
+        try:
+            return choose_device(self._hardware(), preferred, fallback, "gguf").device
+        except LokalError:
+            return "cpu"
+
+    def _hardware(self) -> Any:
+        if self._detected_hardware is None:
+            self._detected_hardware = detect()
+        return self._detected_hardware
 
     def _residency(self) -> str:
         """Models loaded and process memory, the tail of every load/unload log line."""
         rss = process_rss()
         return (f"{len(self._loaded)} of {self.settings.max_loaded_models} models loaded"
                 + (f", process RSS {rss / 1e6:.0f} MB" if rss is not None else ""))
+
+    def _tell(self, event: ResidencyEvent) -> None:
+        for listener in self.residency_listeners:
+            try:
+                listener(event)
+            except Exception:  # a broken listener must not break residency
+                log.exception("residency listener failed")
 
     def _mark_busy(self, model: LoadedModel) -> None:
         model.num_active += 1
@@ -361,9 +458,9 @@ class Runtime:
     async def _expire(self, model: LoadedModel) -> None:
         async with self._lock:
             if self._loaded.get(model.key) is model and model.is_idle:
-                await self._evict(model, why=f"keep_alive {model.keep_alive:g} s expired")
+                await self._evict(model, why=f"keep_alive {model.keep_alive:g} s expired", cause="keep_alive")
 
-    async def _evict(self, model: LoadedModel, why: str,
+    async def _evict(self, model: LoadedModel, why: str, cause: UnloadCause,
                      reason: str = "the model was unloaded before the request finished") -> None:
         """Unload a model (``why`` goes to the log); requests still running on it end with ``reason``.
         Caller holds self._lock."""
@@ -373,9 +470,16 @@ class Runtime:
             model.expiry_timer.cancel()
         started = time.perf_counter()
         await asyncio.to_thread(model.engine.close, reason)
-        log.info("unloaded %s (%s) in %.2f s; %s", model.entry.name.display, why, time.perf_counter() - started,
-                 self._residency())
+        seconds = time.perf_counter() - started
+        log.info("unloaded %s (%s) in %.2f s; %s", model.entry.name.display, why, seconds, self._residency())
+        self._tell(ResidencyEvent("unload", model.entry.name.display, seconds, cause))
         self._changed.notify_all()
+
+
+def _gguf_gpu_offload() -> bool:
+    from lokal.engine.llamacpp import gpu_offload_supported
+
+    return gpu_offload_supported()
 
 
 def _with_knowledge(request: GenerateRequest, system: str | None,

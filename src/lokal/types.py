@@ -200,6 +200,7 @@ class Done:
     total_duration: int = 0
     context: list[int] = field(default_factory=list)  # prompt + generated tokens
     knowledge: list[dict[str, Any]] = field(default_factory=list)  # FILE chunks put in the prompt: file, chunk, score
+    model: str = ""  # the model that generated, as the store names it (set by the runtime)
 
     @property
     def prompt_tokens_per_second(self) -> float:
