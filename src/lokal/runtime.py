@@ -20,6 +20,7 @@ from lokal.engine import AsyncSink, Engine, EngineConfig, grammar_for
 from lokal.errors import BadRequest, InsufficientMemory, ModelLoadError, ServerBusy, UnsupportedCapability
 from lokal.hardware import available_memory, estimate_memory, process_rss
 from lokal.prompt import build_prompt
+from lokal.security.integrity import check_for_load
 from lokal.store.gguf_info import ModelDetails, read_details
 from lokal.store.names import ModelName
 from lokal.store.store import ModelEntry, Store
@@ -83,7 +84,7 @@ def _model_key(name: ModelName) -> str:
 class Runtime:
     def __init__(self, settings: Settings, store: Store | None = None):
         self.settings = settings
-        self.store = store or Store(settings.models)
+        self.store = store or Store.from_settings(settings)
         self._loaded: dict[str, LoadedModel] = {}
         self._lock = asyncio.Lock()  # serializes load/unload decisions
         # Signalled (under the same lock, so no wake-up is lost) when a model goes idle or unloads.
@@ -265,7 +266,8 @@ class Runtime:
     async def _acquire(self, name: ModelName, entry: ModelEntry, load: LoadOptions) -> tuple[LoadedModel, int]:
         """The loaded model for this request (loading it if needed), marked busy. Returns load time in ns."""
         key = _model_key(name)
-        path = self.store.model_path(entry)
+        # Sizes always; the weights' full sha256 when they changed since last verified (first load after a pull).
+        path = await asyncio.to_thread(check_for_load, self.store, entry)
         async with self._lock:
             while True:
                 loaded = self._loaded.get(key)

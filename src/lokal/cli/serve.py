@@ -23,12 +23,18 @@ def serve(
     num_parallel: Optional[int] = typer.Option(None, "--num-parallel",
                                                help="Sequences per model at once (LOKAL_NUM_PARALLEL)."),
     debug: bool = typer.Option(False, "--debug", help="Verbose logs (LOKAL_DEBUG)."),
+    auth: Optional[str] = typer.Option(None, "--auth", help="API keys: auto, on or off (LOKAL_AUTH)."),
+    insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth",
+                                          help="Confirm --auth off (LOKAL_INSECURE_NO_AUTH)."),
+    tls_cert: Optional[str] = typer.Option(None, "--tls-cert", help="PEM certificate for HTTPS (LOKAL_TLS_CERT)."),
+    tls_key: Optional[str] = typer.Option(None, "--tls-key", help="PEM private key for HTTPS (LOKAL_TLS_KEY)."),
 ) -> None:
     """Start the server: the Ollama API, the OpenAI API (/v1) and Foundry Local's endpoints. Stop it with Ctrl+C."""
     from lokal.server.serve import serve as run_server
 
     overrides = {"host": host, "models": models, "keep_alive": keep_alive, "num_parallel": num_parallel,
-                 "debug": "1" if debug else None}
+                 "debug": "1" if debug else None, "auth": auth, "insecure_no_auth": "1" if insecure_no_auth else None,
+                 "tls_cert": tls_cert, "tls_key": tls_key}
     run_server(Settings(overrides={k: v for k, v in overrides.items() if v is not None}))
 
 
