@@ -98,8 +98,9 @@ def test_wrong_or_missing_key_is_a_clear_error(encrypted_store):
     with pytest.raises(DecryptionError, match="wrong encryption key"):
         store.model_path(store.get(MODEL))
     keyless = Store.from_settings(encrypted_settings(encrypted_store, None))
-    with pytest.raises(DecryptionError, match="LOKAL_ENCRYPTION_KEY"):
-        keyless.layer_text(keyless.get(MODEL), "template")
+    for read in (keyless.model_path, lambda entry: keyless.layer_text(entry, "license")):
+        with pytest.raises(DecryptionError, match="is encrypted: set LOKAL_ENCRYPTION_KEY"):
+            read(keyless.get(MODEL))
 
 
 def _cli(root: Path, *args: str, key_file: Path) -> subprocess.Popen:

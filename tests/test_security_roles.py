@@ -19,9 +19,10 @@ from lokal.security.keys import KeyStore
 from lokal.security.policy import keys_path
 from lokal.security.roles import MINIMUM_ROLE, ROUTE_PERMISSIONS, Permission, Role
 from lokal.server.app import create_app
+from lokal.server.guard import effective_routes
 
 # The app's routes do not depend on its runtime: list them once at collection time.
-LIVE_ROUTES = sorted({(method, route.path) for route in create_app(SimpleNamespace()).routes
+LIVE_ROUTES = sorted({(method, route.path) for route in effective_routes(create_app(SimpleNamespace()))
                       for method in (getattr(route, "methods", None) or ())})
 ROLES = [None, *Role]
 PATH_VALUES = {"digest": "sha256:" + "0" * 64, "model": "no-such-model", "name": "no-such-model"}
@@ -35,6 +36,7 @@ def concrete(path: str) -> str:
 
 
 def test_every_route_declares_a_permission():
+    assert len(LIVE_ROUTES) > 30 and ("POST", "/v1/chat/completions") in LIVE_ROUTES  # prefixes applied
     missing = [f"{method} {path}" for method, path in LIVE_ROUTES if (method, path) not in ROUTE_PERMISSIONS]
     assert not missing, ("routes without a permission in lokal/security/roles.py ROUTE_PERMISSIONS "
                          f"(add one line each): {missing}")

@@ -93,7 +93,7 @@ def test_tls_round_trip_with_lokal_client(secured, monkeypatch):
     monkeypatch.setenv("LOKAL_API_KEY", secured.keys[Role.VIEWER])
     monkeypatch.setenv("LOKAL_CA_CERT", str(secured.ca_path))
     with Client(secured.url) as client:
-        assert client.version()["version"]
+        assert client.version() == __import__("lokal").__version__
         assert any(m["name"].startswith(MODEL) for m in client.list()["models"])
     # Without the CA the certificate is not trusted; plain HTTP to the TLS port gets no answer.
     with pytest.raises(httpx.ConnectError):

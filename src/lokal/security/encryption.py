@@ -15,6 +15,7 @@ The master key comes from LOKAL_ENCRYPTION_KEY (64 hex digits) or LOKAL_ENCRYPTI
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import struct
@@ -57,6 +58,8 @@ class Cipher:
         if len(master_key) != KEY_SIZE:
             raise ConfigError("the encryption key must be 32 bytes (64 hex digits)")
         self._master_key = master_key
+        # Names the key without revealing it (decrypted copies are kept per key).
+        self.key_id = hashlib.sha256(b"lokal key id" + master_key).hexdigest()[:16]
 
     @classmethod
     def from_settings(cls, settings: object) -> Cipher | None:
@@ -206,11 +209,11 @@ class DecryptedFiles:
 
     def path_for(self, cipher: Cipher, blob: Path, what: str) -> Path:
         stat = blob.stat()
-        key = f"{blob.name}-{stat.st_size}-{stat.st_mtime_ns}"
+        key = f"{blob.name}-{stat.st_size}-{stat.st_mtime_ns}-{cipher.key_id}"
         cached = self._paths.get(key)
         if cached is not None and cached.exists():
             return cached
-        target = self._dir() / blob.name
+        target = self._dir() / f"{blob.name}-{cipher.key_id}"
         temp = target.with_name(target.name + ".tmp")
         try:
             decrypt_file(cipher, blob, temp, what, mode=0o600)

@@ -70,10 +70,9 @@ def verify_model(store: Any, entry: Any) -> list[BlobProblem]:
     problems = []
     for layer in (entry.manifest.config, *entry.manifest.layers):
         kind = layer.kind or ("config" if layer is entry.manifest.config else layer.media_type)
-        path = store.blobs.path(layer.digest)
         try:
-            size = path.stat().st_size
-        except FileNotFoundError:
+            size = store.blobs.size(layer.digest)  # in plaintext bytes, encrypted or not
+        except StoreError:
             problems.append(BlobProblem(layer.digest, kind, "missing"))
             continue
         if size != layer.size:

@@ -173,10 +173,21 @@ def presented_key(scope: Scope) -> str | None:
     return headers.get(b"x-api-key", "").strip() or None
 
 
+def effective_routes(app: Any) -> list[Any]:
+    """Every route the app serves, each with its full ``path`` template, ``methods`` and ``matches(scope)``.
+    Recent FastAPI keeps included routers as lazy groups whose ``effective_route_contexts()`` hold their
+    routes with the prefix applied; older versions copied them into ``app.routes``. Both shapes are read."""
+    routes = []
+    for route in app.router.routes:
+        expand = getattr(route, "effective_route_contexts", None)
+        routes.extend(expand() if callable(expand) else [route])
+    return routes
+
+
 def match_route(app: Any, scope: Scope) -> tuple[str | None, dict[str, Any]]:
     """(path template, path params) of the route that will serve this request; ``None`` when none matches
     fully (the router then answers 404 or 405)."""
-    for route in app.router.routes:
+    for route in effective_routes(app):
         match, child = route.matches(scope)
         if match is Match.FULL:
             return getattr(route, "path", None), child.get("path_params", {})
