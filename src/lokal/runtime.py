@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator, Iterator
+from typing import AsyncIterator, Callable, Iterator, Literal
 
 from lokal.config import Settings, physical_cores
 from lokal.engine import AsyncSink, Engine, EngineConfig, grammar_for
@@ -21,11 +21,12 @@ from lokal.errors import BadRequest, InsufficientMemory, ModelLoadError, ServerB
 from lokal.hardware import available_memory, estimate_memory, process_rss
 from lokal.prompt import build_prompt
 from lokal.security.integrity import check_for_load
-from lokal.store.gguf_info import ModelDetails, read_details
+from lokal.store.gguf_info import ModelDetails
 from lokal.store.names import ModelName
 from lokal.store.store import ModelEntry, Store
+from lokal.store.stored_model import StoredModel
 from lokal.templates import ChatTemplate
-from lokal.types import (Done, EmbedRequest, EmbedResult, Event, GenerateRequest, LoadOptions, Message,
+from lokal.types import (Done, EmbedRequest, EmbedResult, Event, GenerateRequest, LoadOptions,
                          SamplingOptions, split_options)
 
 log = logging.getLogger("lokal.runtime")
@@ -45,15 +46,18 @@ class RunningModel:
     details: ModelDetails
 
 
-@dataclass
-class ModelDefaults:
-    """What a model's manifest says about requests: its Modelfile PARAMETERs, SYSTEM and MESSAGES.
-    (Its TEMPLATE is read once at load time: it belongs to the loaded model.)"""
+# Why a model was unloaded, as a bounded word for metrics (the log line says it in full).
+UnloadCause = Literal["requested", "keep_alive", "max_loaded", "memory", "reload", "shutdown"]
 
-    sampling: SamplingOptions
-    load: LoadOptions
-    system: str | None
-    messages: list[Message]
+
+@dataclass(frozen=True)
+class ResidencyEvent:
+    """A model loaded or unloaded, for listeners such as the server's metrics."""
+
+    kind: Literal["load", "unload"]
+    model: str
+    seconds: float
+    cause: UnloadCause | None = None  # unloads only
 
 
 @dataclass
@@ -90,7 +94,9 @@ class Runtime:
         # Signalled (under the same lock, so no wake-up is lost) when a model goes idle or unloads.
         self._changed = asyncio.Condition(self._lock)
         self._num_in_flight = 0
+        self.num_refused = 0  # requests refused with 503 because the queue was full (metrics)
         self._closed = False
+        self.residency_listeners: list[Callable[[ResidencyEvent], None]] = []
 
     # ---- public API -------------------------------------------------------------------------------
 
@@ -104,18 +110,18 @@ class Runtime:
                 await self.unload(request.model)
                 yield Done(reason="unload", total_duration=time.perf_counter_ns() - started)
                 return
-        entry, defaults = self._defaults(request.model)
-        sampling, load = split_options(request.options, defaults.sampling, defaults.load)
+        stored = self.store.open(request.model)
+        sampling, load = split_options(request.options, *stored.options())
         with self._queue_slot():
-            model, load_ns = await self._acquire(name, entry, load)
+            model, load_ns = await self._acquire(name, stored, load)
             try:
-                async for event in self._generate_on(model, request, sampling, defaults, started, load_ns):
+                async for event in self._generate_on(model, request, sampling, stored, started, load_ns):
                     yield event
             finally:
                 self._release(model, keep_alive)
 
     async def _generate_on(self, model: LoadedModel, request: GenerateRequest, sampling: SamplingOptions,
-                           defaults: ModelDefaults, started: int, load_ns: int) -> AsyncIterator[Event]:
+                           stored: StoredModel, started: int, load_ns: int) -> AsyncIterator[Event]:
         if request.prompt is None and not request.messages:
             yield Done(reason="load", load_duration=load_ns, total_duration=time.perf_counter_ns() - started)
             return
@@ -124,7 +130,7 @@ class Runtime:
             raise UnsupportedCapability(f'model "{model.entry.name.display}" does not support images')
         prompt = build_prompt(request, template=model.template, tokenize=model.engine.tokenize,
                               num_ctx=model.config.num_ctx, num_predict=sampling.num_predict,
-                              default_system=defaults.system, default_messages=defaults.messages,
+                              default_system=stored.system, default_messages=stored.default_messages(),
                               bos_token=model.engine.bos_text, eos_token=model.engine.eos_text)
         grammar = grammar_for(request.format)
         sink = AsyncSink(asyncio.get_running_loop())
@@ -132,6 +138,7 @@ class Runtime:
         try:
             async for event in sink:
                 if isinstance(event, Done):
+                    event.model = model.entry.name.display
                     event.load_duration = load_ns
                     event.total_duration = time.perf_counter_ns() - started
                 yield event
@@ -141,12 +148,12 @@ class Runtime:
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         started = time.perf_counter_ns()
         name = ModelName.parse(request.model)
-        entry, defaults = self._defaults(request.model)
-        _, load = split_options(request.options, defaults.sampling, defaults.load)
+        stored = self.store.open(request.model)
+        _, load = split_options(request.options, *stored.options())
         if request.dimensions is not None and request.dimensions < 1:
             raise BadRequest("dimensions must be a positive integer")
         with self._queue_slot():
-            model, load_ns = await self._acquire(name, entry, load)
+            model, load_ns = await self._acquire(name, stored, load)
             try:
                 return await self._embed_on(model, request, started, load_ns)
             finally:
@@ -179,7 +186,7 @@ class Runtime:
             if loaded is None:
                 return
             if loaded.is_idle:
-                await self._evict(loaded, why="unload requested")
+                await self._evict(loaded, why="unload requested", cause="requested")
             else:
                 loaded.keep_alive = 0  # unloads as soon as its last request finishes
 
@@ -205,30 +212,33 @@ class Runtime:
         loaded = self._loaded.get(_model_key(ModelName.parse(model)))
         return loaded.engine if loaded else None
 
+    def loaded_engines(self) -> list[tuple[str, Engine]]:
+        """(model name, engine) of every loaded model, for metrics."""
+        return [(model.entry.name.display, model.engine) for model in list(self._loaded.values())]
+
+    @property
+    def num_in_flight(self) -> int:
+        """Requests between arrival and their end, running or waiting."""
+        return self._num_in_flight
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests beyond the loaded models' decoding slots: the queue LOKAL_MAX_QUEUE bounds."""
+        capacity = sum(m.config.num_parallel for m in list(self._loaded.values()))
+        return max(0, self._num_in_flight - capacity)
+
     async def close(self) -> None:
         """Refuse new requests, end running ones with an error, unload every model."""
         self._closed = True
         async with self._lock:
             for model in list(self._loaded.values()):
-                await self._evict(model, why="server shutting down", reason="the server is shutting down")
+                await self._evict(model, why="server shutting down", cause="shutdown",
+                                  reason="the server is shutting down")
 
     # ---- residency --------------------------------------------------------------------------------
 
     def _keep_alive(self, requested: float | None) -> float:
         return float(self.settings.keep_alive if requested is None else requested)
-
-    def _defaults(self, model: str) -> tuple[ModelEntry, ModelDefaults]:
-        entry = self.store.get(model)
-        name = entry.name
-        params = dict(self.store.params(entry))
-        try:
-            sampling, load = split_options(params)
-        except BadRequest as exc:
-            raise BadRequest(f'model "{name.display}" has an invalid PARAMETER: {exc.message}') from None
-        messages = [Message(role=m.get("role", "user"), content=m.get("content", ""))
-                    for m in self.store.messages(entry)]
-        return entry, ModelDefaults(sampling=sampling, load=load, system=self.store.layer_text(entry, "system"),
-                                    messages=messages)
 
     @contextmanager
     def _queue_slot(self) -> Iterator[None]:
@@ -240,6 +250,7 @@ class Runtime:
         if self._num_in_flight - capacity >= self.settings.max_queue:
             log.warning("refused a request with 503: %d waiting, LOKAL_MAX_QUEUE=%d",
                         self._num_in_flight - capacity, self.settings.max_queue)
+            self.num_refused += 1
             raise ServerBusy(f"server busy: more than {self.settings.max_queue} requests waiting (LOKAL_MAX_QUEUE)")
         self._num_in_flight += 1
         try:
@@ -263,34 +274,32 @@ class Runtime:
             kv_cache_type=self.settings.kv_cache_type,
         )
 
-    async def _acquire(self, name: ModelName, entry: ModelEntry, load: LoadOptions) -> tuple[LoadedModel, int]:
+    async def _acquire(self, name: ModelName, stored: StoredModel, load: LoadOptions) -> tuple[LoadedModel, int]:
         """The loaded model for this request (loading it if needed), marked busy. Returns load time in ns."""
         key = _model_key(name)
+        entry, path, details = stored.entry, stored.path, stored.details
         # Sizes always; the weights' full sha256 when they changed since last verified (first load after a pull).
-        path = await asyncio.to_thread(check_for_load, self.store, entry)
+        await asyncio.to_thread(check_for_load, self.store, entry)
         async with self._lock:
             while True:
                 loaded = self._loaded.get(key)
-                if loaded is not None and loaded.entry.digest == entry.digest:
-                    details = loaded.details
-                else:
-                    details = await asyncio.to_thread(read_details, path)
                 wanted = self._engine_config(entry, details, load)
                 if loaded is not None and loaded.config == wanted and loaded.entry.digest == entry.digest:
                     self._mark_busy(loaded)
                     return loaded, 0
                 if loaded is not None and loaded.is_idle:
-                    await self._evict(loaded, why="load options or the model changed")  # reload
+                    await self._evict(loaded, why="load options or the model changed", cause="reload")
                     loaded = None
                 if loaded is None:
                     memory = estimate_memory(path.stat().st_size, details.metadata,
                                              wanted.num_ctx * wanted.num_parallel, wanted.kv_cache_type).total
                     if await self._make_room(entry.name.display, memory):
                         started = time.perf_counter_ns()
-                        model = await self._load(key, entry, path, details, wanted, memory)
+                        model = await self._load(key, stored, wanted, memory)
                         load_ns = time.perf_counter_ns() - started
                         log.info("loaded %s in %.2f s: %s KV cache, %.0f MB estimated; %s", entry.name.display,
                                  load_ns / 1e9, wanted.kv_cache_type, memory / 1e6, self._residency())
+                        self._tell(ResidencyEvent("load", entry.name.display, load_ns / 1e9))
                         self._mark_busy(model)
                         return model, load_ns
                 # The model is busy with other options, or every slot holds a busy model: wait for a change.
@@ -302,8 +311,9 @@ class Runtime:
         while len(self._loaded) >= self.settings.max_loaded_models:
             if not idle:
                 return False
-            await self._evict(idle.pop(0), why=f"LOKAL_MAX_LOADED_MODELS={self.settings.max_loaded_models}, "
-                                                f"least recently used, making room for {name}")
+            await self._evict(idle.pop(0), cause="max_loaded",
+                              why=f"LOKAL_MAX_LOADED_MODELS={self.settings.max_loaded_models}, "
+                                  f"least recently used, making room for {name}")
         while needed > available_memory():
             if not idle:
                 if not self._loaded:
@@ -311,21 +321,18 @@ class Runtime:
                         f"model requires {needed / 1e9:.1f} GB of memory but only "
                         f"{available_memory() / 1e9:.1f} GB is available; try a smaller num_ctx or num_parallel")
                 return False
-            await self._evict(idle.pop(0), why=f"memory: {name} needs {needed / 1e9:.2f} GB, "
-                                                f"{available_memory() / 1e9:.2f} GB available")
+            await self._evict(idle.pop(0), cause="memory", why=f"memory: {name} needs {needed / 1e9:.2f} GB, "
+                                                              f"{available_memory() / 1e9:.2f} GB available")
         return True
 
-    async def _load(self, key: str, entry: ModelEntry, path: Any, details: ModelDetails,
-                    config: EngineConfig, memory: int) -> LoadedModel:
+    async def _load(self, key: str, stored: StoredModel, config: EngineConfig, memory: int) -> LoadedModel:
+        entry, path = stored.entry, stored.path
         log.info("loading %s (num_ctx=%d, num_parallel=%d)", entry.name.display, config.num_ctx, config.num_parallel)
         try:
             engine = await asyncio.to_thread(Engine, str(path), config)
         except Exception as exc:  # llama.cpp reports load failures as a bare None/ValueError
             raise ModelLoadError(f'failed to load model "{entry.name.display}": {exc}') from exc
-        template_override = self.store.layer_text(entry, "template")
-        template = ChatTemplate.from_model(details.chat_template, template_override,
-                                         architecture=details.architecture)
-        model = LoadedModel(key=key, entry=entry, engine=engine, details=details, template=template,
+        model = LoadedModel(key=key, entry=entry, engine=engine, details=stored.details, template=stored.chat_template,
                             config=config, memory=memory)
         self._loaded[key] = model
         return model
@@ -335,6 +342,13 @@ class Runtime:
         rss = process_rss()
         return (f"{len(self._loaded)} of {self.settings.max_loaded_models} models loaded"
                 + (f", process RSS {rss / 1e6:.0f} MB" if rss is not None else ""))
+
+    def _tell(self, event: ResidencyEvent) -> None:
+        for listener in self.residency_listeners:
+            try:
+                listener(event)
+            except Exception:  # a broken listener must not break residency
+                log.exception("residency listener failed")
 
     def _mark_busy(self, model: LoadedModel) -> None:
         model.num_active += 1
@@ -365,9 +379,9 @@ class Runtime:
     async def _expire(self, model: LoadedModel) -> None:
         async with self._lock:
             if self._loaded.get(model.key) is model and model.is_idle:
-                await self._evict(model, why=f"keep_alive {model.keep_alive:g} s expired")
+                await self._evict(model, why=f"keep_alive {model.keep_alive:g} s expired", cause="keep_alive")
 
-    async def _evict(self, model: LoadedModel, why: str,
+    async def _evict(self, model: LoadedModel, why: str, cause: UnloadCause,
                      reason: str = "the model was unloaded before the request finished") -> None:
         """Unload a model (``why`` goes to the log); requests still running on it end with ``reason``.
         Caller holds self._lock."""
@@ -377,8 +391,9 @@ class Runtime:
             model.expiry_timer.cancel()
         started = time.perf_counter()
         await asyncio.to_thread(model.engine.close, reason)
-        log.info("unloaded %s (%s) in %.2f s; %s", model.entry.name.display, why, time.perf_counter() - started,
-                 self._residency())
+        seconds = time.perf_counter() - started
+        log.info("unloaded %s (%s) in %.2f s; %s", model.entry.name.display, why, seconds, self._residency())
+        self._tell(ResidencyEvent("unload", model.entry.name.display, seconds, cause))
         self._changed.notify_all()
 
 

@@ -101,6 +101,8 @@ def split_options(options: dict[str, Any] | None, base_sampling: SamplingOptions
     if not isinstance(options, dict):
         raise BadRequest("options must be an object")
     for raw_name, value in options.items():
+        if value is None:  # null means unset, as in Ollama: the model's PARAMETER or the default applies
+            continue
         name = _ALIASES.get(raw_name, raw_name)
         if name in _SAMPLING_FIELDS:
             target, spec = sampling, _SAMPLING_FIELDS[name]
@@ -110,8 +112,6 @@ def split_options(options: dict[str, Any] | None, base_sampling: SamplingOptions
             continue
         else:
             raise BadRequest(f"unknown option {raw_name!r}")
-        if name == "stop" and value is None:
-            value = []
         setattr(target, name, _coerce(raw_name, str(spec.type), value))
     _validate(sampling, load)
     return sampling, load
@@ -199,6 +199,7 @@ class Done:
     load_duration: int = 0
     total_duration: int = 0
     context: list[int] = field(default_factory=list)  # prompt + generated tokens
+    model: str = ""  # the model that generated, as the store names it (set by the runtime)
 
     @property
     def prompt_tokens_per_second(self) -> float:

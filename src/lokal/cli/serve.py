@@ -23,6 +23,10 @@ def serve(
     num_parallel: Optional[int] = typer.Option(None, "--num-parallel",
                                                help="Sequences per model at once (LOKAL_NUM_PARALLEL)."),
     debug: bool = typer.Option(False, "--debug", help="Verbose logs (LOKAL_DEBUG)."),
+    preload: Optional[list[str]] = typer.Option(None, "--preload", metavar="MODEL",
+                                                help="Load MODEL at start and keep it loaded; repeat or separate "
+                                                     "with commas for several (LOKAL_PRELOAD). /ready waits for them."),
+    log_format: Optional[str] = typer.Option(None, "--log-format", help="text or json (LOKAL_LOG_FORMAT)."),
     auth: Optional[str] = typer.Option(None, "--auth", help="API keys: auto, on or off (LOKAL_AUTH)."),
     insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth",
                                           help="Confirm --auth off (LOKAL_INSECURE_NO_AUTH)."),
@@ -33,8 +37,9 @@ def serve(
     from lokal.server.serve import serve as run_server
 
     overrides = {"host": host, "models": models, "keep_alive": keep_alive, "num_parallel": num_parallel,
-                 "debug": "1" if debug else None, "auth": auth, "insecure_no_auth": "1" if insecure_no_auth else None,
-                 "tls_cert": tls_cert, "tls_key": tls_key}
+                 "debug": "1" if debug else None, "log_format": log_format,
+                 "preload": ",".join(preload) if preload else None, "auth": auth,
+                 "insecure_no_auth": "1" if insecure_no_auth else None, "tls_cert": tls_cert, "tls_key": tls_key}
     run_server(Settings(overrides={k: v for k, v in overrides.items() if v is not None}))
 
 

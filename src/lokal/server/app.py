@@ -9,7 +9,7 @@ import logging
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
@@ -18,8 +18,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lokal import __version__
 from lokal.errors import LokalError
-from lokal.server import foundry_api, ollama_api, openai_api
+from lokal.server import foundry_api, ollama_api, openai_api, ops_api
+from lokal.server.access import AccessMiddleware, note_route
 from lokal.server.guard import HostGuard, MeteredRuntime, SecurityMiddleware, SecurityPolicy
+from lokal.server.metrics import Metrics
 from lokal.server.openai_types import error_body
 from lokal.server.streaming import JSONResponse
 
@@ -46,10 +48,12 @@ def create_app(runtime: Any, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        preload = ops_api.start_preload(app)
         yield
+        ops_api.stop_preload(preload)
         await runtime.close()
 
-    app = FastAPI(title="lokal", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="lokal", version=__version__, lifespan=lifespan, dependencies=[Depends(note_route)],
                   description="Ollama and OpenAI APIs (and Foundry Local's management endpoints) over local models.")
     settings = getattr(runtime, "settings", None)
     if policy is None:
@@ -59,6 +63,7 @@ def create_app(runtime: Any, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     app.include_router(ollama_api.router)
     app.include_router(openai_api.router)
     app.include_router(foundry_api.router)
+    app.include_router(ops_api.router)
 
     app.add_exception_handler(LokalError, _lokal_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -74,6 +79,8 @@ def create_app(runtime: Any, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     app.add_middleware(JSONBodyMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(HostGuard, allowed_hosts=policy.allowed_hosts)
+    app.state.metrics = Metrics(runtime)
+    app.add_middleware(AccessMiddleware, metrics=app.state.metrics)  # outermost
     return app
 
 

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict
 
 from lokal.errors import BadRequest, LokalError
-from lokal.server.ollama_api import iterate_in_thread, runtime_of
+from lokal.server.edge import iterate_in_thread, runtime_of
 from lokal.server.streaming import streaming_response
 
 log = logging.getLogger("lokal.server")

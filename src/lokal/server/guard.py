@@ -32,6 +32,7 @@ from lokal.security.keys import KeyRecord, KeyStore
 from lokal.security.policy import audit_path, is_auth_required, is_loopback, keys_path
 from lokal.security.ratelimit import RateLimiter
 from lokal.security.roles import Permission, Role, least_role, may, permission_for
+from lokal.server.logs import request_id
 from lokal.types import Done
 
 log = logging.getLogger("lokal.server")
@@ -221,7 +222,8 @@ class AuditEntry:
     status: int = 0
     request: Any = None  # the request body, only with LOKAL_AUDIT_CONTENT=1
     is_finished: bool = False
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # also sent as X-Request-Id
+    # The id the access middleware gave the request (sent back as X-Request-Id), so both logs name it alike.
+    request_id: str = field(default_factory=lambda: request_id.get() or uuid.uuid4().hex)
 
     def to_record(self) -> dict[str, Any]:
         client = self.scope.get("client")
@@ -284,8 +286,6 @@ class SecurityMiddleware:
         async def send_then_record(message: Message) -> None:
             if message["type"] == "http.response.start":
                 entry.status = message["status"]
-                message = {**message, "headers": [*message.get("headers", []),
-                                                  (b"x-request-id", entry.request_id.encode())]}
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 # Before the last byte leaves: a client that got its answer finds the audit line written
                 # and its tokens counted against its limit.

@@ -3,8 +3,6 @@ the runtime's events back. Model management goes to the store (``runtime.store``
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Iterator
@@ -12,17 +10,17 @@ from typing import Any, AsyncIterator, Callable, Iterator
 import anyio
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
-from starlette.concurrency import iterate_in_threadpool
 
 from lokal import __version__
 from lokal import types as internal
-from lokal.config import parse_duration
 from lokal.errors import BadRequest, DigestMismatch, LokalError, ModelNotFound
 from lokal.model_info import details_fields, listing_details
 from lokal.store.blobs import normalize_digest
 from lokal.server import ollama_types as wire
-from lokal.server.streaming import (NDJSON, JSONResponse, collect, close_quietly, first_event, ndjson_line,
-                                    now_rfc3339, render_stream, streaming_response, until_disconnected)
+from lokal.server.edge import (check_logprobs, decode_base64, iterate_in_thread, parse_keep_alive, respond,
+                               runtime_of, text_list)
+from lokal.server.streaming import (NDJSON, JSONResponse, close_quietly, ndjson_line, now_rfc3339,
+                                    streaming_response, until_disconnected)
 
 log = logging.getLogger("lokal.server")
 
@@ -32,32 +30,13 @@ router = APIRouter()
 FOREVER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
 
 
-def runtime_of(request: Request) -> Any:
-    return request.app.state.runtime
-
-
 # ---- translation: wire → internal ------------------------------------------------------------------------
-
-
-def parse_keep_alive(value: float | str | None) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise BadRequest(f"invalid keep_alive: {exc}") from None
 
 
 def decode_images(images: list[str] | None) -> list[bytes] | None:
     if not images:
         return None
-    decoded = []
-    for index, text in enumerate(images):
-        try:
-            decoded.append(base64.b64decode(text, validate=True))
-        except (binascii.Error, ValueError):
-            raise BadRequest(f"image {index} is not valid base64") from None
-    return decoded
+    return [decode_base64(text, f"image {index}") for index, text in enumerate(images)]
 
 
 def parse_format(value: wire.Format) -> internal.Format:
@@ -70,8 +49,7 @@ def check_generation_extras(body: wire.GenerateOptions) -> None:
     """Fields the official client can send that lokal cannot honour yet: a clear 400, not a silent no."""
     if body.think not in (None, False, "", "false"):
         raise BadRequest("thinking is not supported by this model")
-    if body.logprobs or body.top_logprobs:
-        raise BadRequest("logprobs are not supported yet")
+    check_logprobs(body.logprobs, body.top_logprobs)
 
 
 def to_message(message: wire.Message) -> internal.Message:
@@ -156,15 +134,6 @@ class ChatRenderer:
     error = staticmethod(error_line)
 
 
-async def respond(request: Request, stream: bool, events: AsyncIterator[internal.Event],
-                  renderer: GenerateRenderer | ChatRenderer) -> Response:
-    first = await first_event(request, events)
-    if stream:
-        return streaming_response(render_stream(first, events, renderer), NDJSON)
-    text, done = await until_disconnected(request, collect(first, events))
-    return JSONResponse(renderer.final(done, text))
-
-
 # ---- service --------------------------------------------------------------------------------------------
 
 
@@ -193,20 +162,20 @@ async def health() -> Response:
 async def generate(body: wire.GenerateRequest, request: Request) -> Response:
     """Complete a prompt. Streams NDJSON unless ``stream`` is false."""
     events = runtime_of(request).generate(to_generate_request(body))
-    return await respond(request, body.stream, events, GenerateRenderer(body.model))
+    return await respond(request, body.stream, events, GenerateRenderer(body.model), NDJSON)
 
 
 @router.post("/api/chat", response_model=wire.ChatResponse, tags=["ollama"])
 async def chat(body: wire.ChatRequest, request: Request) -> Response:
     """Answer a conversation. Streams NDJSON unless ``stream`` is false."""
     events = runtime_of(request).generate(to_chat_request(body))
-    return await respond(request, body.stream, events, ChatRenderer(body.model))
+    return await respond(request, body.stream, events, ChatRenderer(body.model), NDJSON)
 
 
 @router.post("/api/embed", response_model=wire.EmbedResponse, tags=["ollama"])
 async def embed(body: wire.EmbedRequest, request: Request) -> Response:
     runtime = runtime_of(request)
-    inputs = [body.input] if isinstance(body.input, str) else list(body.input)
+    inputs = text_list(body.input, "input")
     keep_alive = parse_keep_alive(body.keep_alive)
     if not inputs:  # Ollama loads the model and answers with no embeddings
         await until_disconnected(request, runtime.load(body.model, keep_alive))
@@ -334,23 +303,6 @@ async def respond_progress(request: Request, stream: bool, make: Callable[[], It
         return JSONResponse(progress_fields(await until_disconnected(request, last_event())))
     finally:
         await close_quietly(events)
-
-
-async def iterate_in_thread(make: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
-    """Each step of a blocking iterator in a worker thread. Closing this closes that iterator too, so an
-    abandoned pull stops downloading (what it fetched stays for resuming)."""
-    source = _deferred(make)
-    try:
-        async for item in iterate_in_threadpool(source):
-            yield item
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(source.close)
-
-
-def _deferred(make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
-    # Calls make() on the first step, in the worker thread; `yield from` forwards close() to it.
-    yield from make()
 
 
 @router.post("/api/pull", response_model=wire.ProgressResponse, tags=["ollama"])

@@ -10,16 +10,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
+
+from lokal.server.edge import WireModel, model_validator
 
 # "json", a JSON schema object, or "" (no constraint).
 Format = Union[Literal["", "json"], dict[str, Any], None]
 # A duration such as "5m", "1h30m", a number of seconds, or a negative number for "forever".
 KeepAlive = Union[float, str, None]
-
-
-class WireModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class ModelRequest(WireModel):

@@ -5,7 +5,6 @@ stream becomes SSE chunks or one completion object; errors become OpenAI error o
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import secrets
 import struct
@@ -18,9 +17,8 @@ from fastapi import APIRouter, Request, Response
 from lokal import types as internal
 from lokal.errors import BadRequest, LokalError
 from lokal.server import openai_types as wire
-from lokal.server.ollama_api import parse_keep_alive, runtime_of
-from lokal.server.streaming import (SSE, SSE_DONE, JSONResponse, collect, first_event, render_stream, sse_event,
-                                    streaming_response, until_disconnected)
+from lokal.server.edge import check_logprobs, decode_base64, parse_keep_alive, respond, runtime_of, text_list
+from lokal.server.streaming import SSE, SSE_DONE, JSONResponse, sse_event, until_disconnected
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -85,10 +83,7 @@ def content_text_and_images(content: str | list[dict[str, Any]] | None) -> tuple
 def _data_url_bytes(url: str) -> bytes:
     if not url.startswith("data:") or ";base64," not in url:
         raise BadRequest("image_url must be a data: URL with base64 content; lokal does not fetch remote images")
-    try:
-        return base64.b64decode(url.split(";base64,", 1)[1], validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest("image_url data is not valid base64") from None
+    return decode_base64(url.split(";base64,", 1)[1], "image_url data")
 
 
 def to_messages(messages: list[wire.ChatMessage]) -> list[internal.Message]:
@@ -121,8 +116,7 @@ def to_messages(messages: list[wire.ChatMessage]) -> list[internal.Message]:
 
 
 def to_chat_request(body: wire.ChatCompletionRequest) -> internal.GenerateRequest:
-    if body.logprobs or body.top_logprobs:
-        raise BadRequest("logprobs are not supported yet")
+    check_logprobs(body.logprobs, body.top_logprobs)
     if body.audio or (body.modalities and set(body.modalities) - {"text"}):
         raise BadRequest("only text output is supported")
     if body.functions or body.function_call:
@@ -149,8 +143,7 @@ def single_prompt(prompt: Any) -> str:
 def to_completion_request(body: wire.CompletionRequest) -> internal.GenerateRequest:
     if body.best_of not in (None, 1):
         raise BadRequest("best_of > 1 is not supported")
-    if body.logprobs:
-        raise BadRequest("logprobs are not supported yet")
+    check_logprobs(body.logprobs, None)
     # Completions continue the text as written (raw); fill-in-the-middle needs the model's template.
     return internal.GenerateRequest(
         model=body.model, prompt=single_prompt(body.prompt), suffix=body.suffix, raw=body.suffix is None,
@@ -223,16 +216,6 @@ class CompletionRenderer:
         return {**self._envelope([choice], self.object), "usage": usage(done)}
 
 
-async def respond(request: Request, stream: bool, generate_request: internal.GenerateRequest,
-                  renderer: CompletionRenderer) -> Response:
-    events = runtime_of(request).generate(generate_request)
-    first = await first_event(request, events)
-    if stream:
-        return streaming_response(render_stream(first, events, renderer), SSE)
-    text, done = await until_disconnected(request, collect(first, events))
-    return JSONResponse(renderer.final(done, text))
-
-
 # ---- routes ---------------------------------------------------------------------------------------------
 
 
@@ -240,7 +223,8 @@ async def respond(request: Request, stream: bool, generate_request: internal.Gen
 async def chat_completions(body: wire.ChatCompletionRequest, request: Request) -> Response:
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     renderer = CompletionRenderer(body.model, chat=True, include_usage=include_usage)
-    return await respond(request, bool(body.stream), to_chat_request(body), renderer)
+    events = runtime_of(request).generate(to_chat_request(body))
+    return await respond(request, bool(body.stream), events, renderer, SSE)
 
 
 @router.post("/completions", response_model=wire.Completion)
@@ -249,19 +233,13 @@ async def completions(body: wire.CompletionRequest, request: Request) -> Respons
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     prefix = generate_request.prompt if body.echo else ""
     renderer = CompletionRenderer(body.model, chat=False, include_usage=include_usage, prefix=prefix or "")
-    return await respond(request, bool(body.stream), generate_request, renderer)
+    events = runtime_of(request).generate(generate_request)
+    return await respond(request, bool(body.stream), events, renderer, SSE)
 
 
 @router.post("/embeddings", response_model=wire.EmbeddingList)
 async def embeddings(body: wire.EmbeddingRequest, request: Request) -> Response:
-    if isinstance(body.input, str):
-        inputs = [body.input]
-    elif all(isinstance(item, str) for item in body.input):
-        inputs = list(body.input)  # type: ignore[arg-type]
-    else:
-        raise BadRequest("input must be a string or a list of strings (token arrays are not supported)")
-    if not inputs:
-        raise BadRequest("input must not be empty")
+    inputs = text_list(body.input, "input", allow_empty=False)
     embed_request = internal.EmbedRequest(model=body.model, input=inputs, dimensions=body.dimensions,
                                           options=body.options, keep_alive=parse_keep_alive(body.keep_alive))
     result = await until_disconnected(request, runtime_of(request).embed(embed_request))

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from lokal.server.edge import WireModel
 
 Stop = Union[str, list[str], None]
-
-
-class WireModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class StreamOptions(WireModel):

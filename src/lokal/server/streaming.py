@@ -21,6 +21,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Send
 
 from lokal.errors import Cancelled, LokalError
+from lokal.server.access import note_event
 from lokal.types import Done, Event, Token
 
 log = logging.getLogger("lokal.server")
@@ -60,6 +61,10 @@ class Renderer(Protocol):
 
     def error(self, error: LokalError) -> bytes: ...
 
+    def final(self, done: Done, text: str) -> dict[str, Any]:
+        """The whole answer as one JSON object, for non-streaming requests."""
+        ...
+
 
 async def close_quietly(events: AsyncIterator[Any]) -> None:
     """Close the runtime's iterator even while this task is being cancelled (client gone)."""
@@ -77,7 +82,9 @@ async def first_event(request: Request, events: AsyncIterator[Event]) -> Event:
     """The stream's first event. The runtime raises its typed errors here, before any byte is sent,
     so the handler can still answer with the right status."""
     try:
-        return await until_disconnected(request, anext(events))
+        event = await until_disconnected(request, anext(events))
+        note_event(event)
+        return event
     except StopAsyncIteration:
         raise LokalError("the generation ended without a result") from None
     except BaseException:
@@ -92,6 +99,7 @@ async def render_stream(first: Event, events: AsyncIterator[Event], renderer: Re
         while not isinstance(event, Done):
             yield renderer.token(event)
             event = await anext(events)
+            note_event(event)
         yield renderer.done(event)
     except StopAsyncIteration:
         yield renderer.error(LokalError("the generation ended without a result"))
@@ -112,6 +120,7 @@ async def collect(first: Event, events: AsyncIterator[Event]) -> tuple[str, Done
         while not isinstance(event, Done):
             parts.append(event.text)
             event = await anext(events)
+            note_event(event)
         return "".join(parts), event
     except StopAsyncIteration:
         raise LokalError("the generation ended without a result") from None

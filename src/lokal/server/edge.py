@@ -1,0 +1,112 @@
+"""The shared HTTP edge: what every API flavour (Ollama, OpenAI, Foundry, Responses, Anthropic) needs
+between its wire types and the runtime. Flavour modules import this, never each other.
+
+- ``runtime_of``: the one runtime behind the app.
+- Translation helpers: keep-alive durations, base64 (plain or data: URLs), str-or-list inputs.
+- ``respond``: one generation as a stream (NDJSON or SSE, by the flavour's renderer) or one JSON answer.
+- ``iterate_in_thread``: a blocking iterator (pull, create) stepped in worker threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any, AsyncIterator, Callable, Iterator
+
+import anyio
+from fastapi import Request, Response
+from pydantic import BaseModel, ConfigDict, model_validator
+from starlette.concurrency import iterate_in_threadpool
+
+from lokal import types as internal
+from lokal.config import parse_duration
+from lokal.errors import BadRequest
+from lokal.server.streaming import (JSONResponse, Renderer, collect, first_event, render_stream,
+                                    streaming_response, until_disconnected)
+
+
+class WireModel(BaseModel):
+    """Base of every request wire type: unknown fields (typos) are a 400, field docstrings feed /docs.
+    A field sent as ``null`` means "unset", as in Ollama (langchain, llama-index and Open WebUI send
+    unset fields that way), so it takes its default rather than failing a type check."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(value is None for value in data.values()):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+
+def runtime_of(request: Request) -> Any:
+    return request.app.state.runtime
+
+
+# ---- translation helpers ----------------------------------------------------------------------------------
+
+
+def parse_keep_alive(value: float | str | None) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise BadRequest(f"invalid keep_alive: {exc}") from None
+
+
+def decode_base64(text: str, what: str) -> bytes:
+    """Base64 text as bytes; a 400 naming ``what`` when it is not."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"{what} is not valid base64") from None
+
+
+def text_list(value: Any, field: str, allow_empty: bool = True) -> list[str]:
+    """A string or a list of strings (the shapes embeddings, rerank and tokenize accept) as a list."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        if not value and not allow_empty:
+            raise BadRequest(f"{field} must not be empty")
+        return list(value)
+    raise BadRequest(f"{field} must be a string or a list of strings (token arrays are not supported)")
+
+
+# ---- responding -------------------------------------------------------------------------------------------
+
+
+async def respond(request: Request, stream: bool, events: AsyncIterator[internal.Event], renderer: Renderer,
+                  media_type: str) -> Response:
+    """One generation's answer: streamed as the renderer writes it, or collected into ``renderer.final``.
+    Errors raised before the first event keep their status (they surface in ``first_event``)."""
+    first = await first_event(request, events)
+    if stream:
+        return streaming_response(render_stream(first, events, renderer), media_type)
+    text, done = await until_disconnected(request, collect(first, events))
+    return JSONResponse(renderer.final(done, text))
+
+
+async def iterate_in_thread(make: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
+    """Each step of a blocking iterator in a worker thread. Closing this closes that iterator too, so an
+    abandoned pull stops downloading (what it fetched stays for resuming)."""
+    source = _deferred(make)
+    try:
+        async for item in iterate_in_threadpool(source):
+            yield item
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(source.close)
+
+
+def _deferred(make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
+    # Calls make() on the first step, in the worker thread; `yield from` forwards close() to it.
+    yield from make()
+
+
+def check_logprobs(logprobs: bool | int | None, top_logprobs: int | None) -> None:
+    """Every flavour's ``logprobs`` fields go through here (one refusal, one place to lift it)."""
+    if logprobs or top_logprobs:
+        raise BadRequest("logprobs are not supported yet")
