@@ -110,7 +110,7 @@ class Runtime:
                 await self.unload(request.model)
                 yield Done(reason="unload", total_duration=time.perf_counter_ns() - started)
                 return
-        stored = self.store.open(request.model)
+        stored = await self._open(request.model)
         sampling, load = split_options(request.options, *stored.options())
         with self._queue_slot():
             model, load_ns = await self._acquire(name, stored, load)
@@ -148,7 +148,7 @@ class Runtime:
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         started = time.perf_counter_ns()
         name = ModelName.parse(request.model)
-        stored = self.store.open(request.model)
+        stored = await self._open(request.model)
         _, load = split_options(request.options, *stored.options())
         if request.dimensions is not None and request.dimensions < 1:
             raise BadRequest("dimensions must be a positive integer")
@@ -274,12 +274,17 @@ class Runtime:
             kv_cache_type=self.settings.kv_cache_type,
         )
 
+    async def _open(self, model: str) -> StoredModel:
+        """The stored model once its blobs pass the load-time integrity check (sizes always; the weights'
+        full sha256 when they changed since last verified, e.g. the first load after a pull), which runs off
+        the event loop since that hashes the whole file."""
+        await asyncio.to_thread(check_for_load, self.store, self.store.get(model))
+        return self.store.open(model)
+
     async def _acquire(self, name: ModelName, stored: StoredModel, load: LoadOptions) -> tuple[LoadedModel, int]:
         """The loaded model for this request (loading it if needed), marked busy. Returns load time in ns."""
         key = _model_key(name)
         entry, path, details = stored.entry, stored.path, stored.details
-        # Sizes always; the weights' full sha256 when they changed since last verified (first load after a pull).
-        await asyncio.to_thread(check_for_load, self.store, entry)
         async with self._lock:
             while True:
                 loaded = self._loaded.get(key)

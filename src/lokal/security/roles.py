@@ -69,6 +69,11 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("GET", "/api/health"): OPEN,
     ("HEAD", "/api/health"): OPEN,
     ("GET", "/api/version"): VIEW,
+    # operations: readiness is a probe like health; metrics are for viewers (Prometheus sends a bearer key)
+    ("GET", "/ready"): OPEN,
+    ("HEAD", "/ready"): OPEN,
+    ("GET", "/metrics"): VIEW,
+    ("GET", "/api/metrics"): VIEW,
     # the API's own description
     ("GET", "/openapi.json"): VIEW,
     ("HEAD", "/openapi.json"): VIEW,
