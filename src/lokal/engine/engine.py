@@ -50,6 +50,7 @@ class EngineConfig:
     kv_cache_type: str = "f16"  # a key of lokal.hardware.KV_CACHE_TYPES
     embedding: bool = False  # embedding-only use: no generation context at all
     prompt_cache: int = 512 << 20  # bytes of idle slots' KV parked in host memory for prefix reuse (kv.py)
+    prefix_reuse: bool = True  # False: every prompt is computed in full (LOKAL_PREFIX_REUSE=0)
 
     def __post_init__(self) -> None:
         if self.num_ctx < 16:
@@ -280,7 +281,8 @@ class Engine:
         except BaseException as exc:
             ready.set_exception(exc)
             return
-        slots = SlotTable(self.config.num_parallel, runner, self.config.prompt_cache)
+        slots = SlotTable(self.config.num_parallel, runner, self.config.prompt_cache,
+                          reuse_prefix=self.config.prefix_reuse)
         self._scheduler = Scheduler(slots, self.config.batch_size)
         ready.set_result(runner)
 

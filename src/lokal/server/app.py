@@ -61,8 +61,10 @@ def create_app(runtime: Any, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     app.state.runtime = MeteredRuntime(runtime)
     app.state.security = policy
     app.include_router(ollama_api.router)
-    app.include_router(openai_api.router)
+    if getattr(getattr(runtime, "settings", None), "openai_api", True):  # LOKAL_OPENAI_API=0 removes /v1
+        app.include_router(openai_api.router)
     app.include_router(foundry_api.router)
+    app.include_router(foundry_api.service_router)
     app.include_router(ops_api.router)
 
     app.add_exception_handler(LokalError, _lokal_error)
