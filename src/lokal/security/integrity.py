@@ -1,5 +1,5 @@
-"""Model integrity on load: the size of every blob always, the full sha256 of the weights when they were not
-verified since they last changed, and all of a model's blobs on demand (``lokal verify``).
+"""Model integrity on load: the size of every blob always, the full sha256 of each blob that was not verified
+since it last changed, and all of a model's blobs on demand (``lokal verify``).
 
 Pulls verify digests while downloading; this catches what happens to the files afterwards (a disk error,
 someone editing a blob). A successful full check leaves a marker, ``blobs/.verified/sha256-<hex>``, holding
@@ -47,15 +47,28 @@ def tampered_message(model: str, digest: str, kind: str) -> str:
             f"digest (corrupted or tampered with); remove the model and pull it again")
 
 
-def check_for_load(store: Any, entry: Any) -> Path:
-    """The weights' path, once they are known to be intact; raises IntegrityError naming model and blob."""
-    path = store.model_path(entry)  # present, with the manifest's size
-    layer = entry.manifest.layer("model")
-    if not is_marked_verified(store, layer.digest):
-        if not store.blobs.verify(layer.digest):
-            raise IntegrityError(tampered_message(entry.name.display, layer.digest, "weights"))
-        mark_verified(store, layer.digest)
-    return path
+def _kind(entry: Any, layer: Any) -> str:
+    return layer.kind or ("config" if layer is entry.manifest.config else layer.media_type)
+
+
+def check_for_load(store: Any, entry: Any) -> None:
+    """Every blob of the model present with its manifest size, and each one hashed in full unless it was
+    verified since it last changed; raises IntegrityError naming the model and the blob."""
+    model = entry.name.display
+    for layer in (entry.manifest.config, *entry.manifest.layers):
+        try:
+            size = store.blobs.size(layer.digest)
+        except StoreError:
+            raise StoreError(f'the {_kind(entry, layer)} of model "{model}" (blob {layer.digest}) is missing from '
+                             f"the store; pull the model again") from None
+        if size != layer.size:
+            raise IntegrityError(f'model "{model}" failed its integrity check: blob {layer.digest} '
+                                 f"({_kind(entry, layer)}) has {size} bytes, the manifest says {layer.size}; "
+                                 f"remove the model and pull it again")
+        if not is_marked_verified(store, layer.digest):
+            if not store.blobs.verify(layer.digest):
+                raise IntegrityError(tampered_message(model, layer.digest, _kind(entry, layer)))
+            mark_verified(store, layer.digest)
 
 
 @dataclass
@@ -69,7 +82,7 @@ def verify_model(store: Any, entry: Any) -> list[BlobProblem]:
     """Every blob the model's manifest names: present, the right size, the right sha256."""
     problems = []
     for layer in (entry.manifest.config, *entry.manifest.layers):
-        kind = layer.kind or ("config" if layer is entry.manifest.config else layer.media_type)
+        kind = _kind(entry, layer)
         try:
             size = store.blobs.size(layer.digest)  # in plaintext bytes, encrypted or not
         except StoreError:

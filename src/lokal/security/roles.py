@@ -112,6 +112,11 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("GET", "/openai/unload/{name:path}"): MANAGE,
     ("GET", "/openai/unloadall"): MANAGE,
     ("POST", "/openai/download"): MANAGE,
+    ("GET", "/status"): VIEW,
+    ("GET", "/models/loaded"): VIEW,
+    ("GET", "/models/load/{name:path}"): MANAGE,
+    ("GET", "/models/unload/{name:path}"): MANAGE,
+    ("GET", "/api/hardware"): VIEW,
 }
 
 
