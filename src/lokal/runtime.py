@@ -16,7 +16,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Callable, Iterator, Literal
 
 from lokal.config import Settings, physical_cores
-from lokal.engine import AsyncSink, Engine, EngineConfig, grammar_for
+from lokal.engine import AsyncSink, EngineConfig, grammar_for
+from lokal.engine.open import ModelEngine, open_engine
 from lokal.errors import (BadRequest, InsufficientMemory, LokalError, ModelLoadError, ServerBusy,
                           UnsupportedCapability)
 from lokal.hardware import DeviceChoice, available_memory, choose_device, detect, estimate_memory, process_rss
@@ -70,7 +71,7 @@ class ResidencyEvent:
 class LoadedModel:
     key: str
     entry: ModelEntry
-    engine: Any  # Engine (llama.cpp) or OnnxEngine
+    engine: ModelEngine  # Engine (llama.cpp) or OnnxEngine
     details: ModelDetails
     template: ChatTemplate
     config: EngineConfig
@@ -93,10 +94,19 @@ def _model_key(name: ModelName) -> str:
     return str(name).lower()
 
 
+OpenEngine = Callable[[Any, EngineConfig, str, Any], ModelEngine]  # (path, config, model format, device provider)
+
+
 class Runtime:
-    def __init__(self, settings: Settings, store: Store | None = None):
+    def __init__(self, settings: Settings, store: Store | None = None, *,
+                 open_engine: OpenEngine = open_engine, free_memory: Callable[[], int] = available_memory):
+        """``open_engine(path, config, model_format, provider)`` loads a model (blocking; run on a worker thread) and
+        ``free_memory()`` says how many bytes a new model may take: the real ones by default, stand-ins in
+        tests of residency decisions."""
         self.settings = settings
         self.store = store or Store.from_settings(settings)
+        self._open_engine = open_engine
+        self._free_memory = free_memory
         self._loaded: dict[str, LoadedModel] = {}
         self._lock = asyncio.Lock()  # serializes load/unload decisions
         # Signalled (under the same lock, so no wake-up is lost) when a model goes idle or unloads.
@@ -222,11 +232,11 @@ class Runtime:
                 concurrency=getattr(model.engine, "concurrency", "batch")))
         return result
 
-    def loaded_engine(self, model: str) -> Engine | None:
+    def loaded_engine(self, model: str) -> ModelEngine | None:
         loaded = self._loaded.get(_model_key(ModelName.parse(model)))
         return loaded.engine if loaded else None
 
-    def loaded_engines(self) -> list[tuple[str, Engine]]:
+    def loaded_engines(self) -> list[tuple[str, ModelEngine]]:
         """(model name, engine) of every loaded model, for metrics."""
         return [(model.entry.name.display, model.engine) for model in list(self._loaded.values())]
 
@@ -336,15 +346,15 @@ class Runtime:
             await self._evict(idle.pop(0), cause="max_loaded",
                               why=f"LOKAL_MAX_LOADED_MODELS={self.settings.max_loaded_models}, "
                                   f"least recently used, making room for {name}")
-        while needed > available_memory():
+        while needed > self._free_memory():
             if not idle:
                 if not self._loaded:
                     raise InsufficientMemory(
                         f"model requires {needed / 1e9:.1f} GB of memory but only "
-                        f"{available_memory() / 1e9:.1f} GB is available; try a smaller num_ctx or num_parallel")
+                        f"{self._free_memory() / 1e9:.1f} GB is available; try a smaller num_ctx or num_parallel")
                 return False
             await self._evict(idle.pop(0), cause="memory", why=f"memory: {name} needs {needed / 1e9:.2f} GB, "
-                                                              f"{available_memory() / 1e9:.2f} GB available")
+                                                              f"{self._free_memory() / 1e9:.2f} GB available")
         return True
 
     async def _load(self, key: str, stored: StoredModel, config: EngineConfig, memory: int) -> LoadedModel:
@@ -354,12 +364,7 @@ class Runtime:
         log.info("loading %s (%s, num_ctx=%d, num_parallel=%d) on %s", entry.name.display, model_format,
                  config.num_ctx, config.num_parallel, device.reason)
         try:
-            if model_format == "onnx":
-                from lokal.engine.onnx import OnnxEngine
-
-                engine: Any = await asyncio.to_thread(OnnxEngine, path, config, device.provider)
-            else:
-                engine = await asyncio.to_thread(Engine, str(path), config)
+            engine = await asyncio.to_thread(self._open_engine, path, config, model_format, device.provider)
         except LokalError:
             raise
         except Exception as exc:  # llama.cpp reports load failures as a bare None/ValueError
