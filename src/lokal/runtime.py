@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Iterator
 
@@ -19,11 +19,13 @@ from lokal.config import Settings, physical_cores
 from lokal.engine import AsyncSink, Engine, EngineConfig, grammar_for
 from lokal.errors import BadRequest, InsufficientMemory, ModelLoadError, ServerBusy, UnsupportedCapability
 from lokal.hardware import available_memory, estimate_memory, process_rss
+from lokal.output import output_splitter, split_events
 from lokal.prompt import build_prompt
 from lokal.store.gguf_info import ModelDetails, read_details
 from lokal.store.names import ModelName
 from lokal.store.store import ModelEntry, Store
 from lokal.templates import ChatTemplate
+from lokal.tool_calls import forced_call_schema
 from lokal.types import (Done, EmbedRequest, EmbedResult, Event, GenerateRequest, LoadOptions, Message,
                          SamplingOptions, split_options)
 
@@ -125,11 +127,16 @@ class Runtime:
                               num_ctx=model.config.num_ctx, num_predict=sampling.num_predict,
                               default_system=defaults.system, default_messages=defaults.messages,
                               bos_token=model.engine.bos_text, eos_token=model.engine.eos_text)
-        grammar = grammar_for(request.format)
+        forced = forced_call_schema(request.tools, request.tool_choice) if request.tools else None
+        grammar = grammar_for(forced or request.format)
         sink = AsyncSink(asyncio.get_running_loop())
         handle = model.engine.submit(prompt.tokens, sampling, grammar=grammar, sink=sink)
         try:
-            async for event in sink:
+            events: AsyncIterator[Event] = sink
+            splitter = output_splitter(request, model.template, prompt.text, forced is not None)
+            if splitter is not None:
+                events = split_events(sink, splitter)
+            async for event in events:
                 if isinstance(event, Done):
                     event.load_duration = load_ns
                     event.total_duration = time.perf_counter_ns() - started
@@ -166,6 +173,42 @@ class Runtime:
             vectors = [_shorten(v, request.dimensions) for v in vectors]
         return EmbedResult(embeddings=vectors, prompt_eval_count=sum(map(len, token_lists)),
                            load_duration=load_ns, total_duration=time.perf_counter_ns() - started)
+
+    @asynccontextmanager
+    async def using(self, model: str, options: dict[str, Any] | None = None,
+                    keep_alive: float | None = None) -> AsyncIterator[LoadedModel]:
+        """The loaded model (loading it if needed), held busy for the block: for work on its vocabulary
+        and template that generates nothing (tokenize, detokenize, counting a chat's tokens)."""
+        name = ModelName.parse(model)
+        entry, defaults = self._defaults(model)
+        _, load = split_options(options, defaults.sampling, defaults.load)
+        with self._queue_slot():
+            loaded, _ = await self._acquire(name, entry, load)
+            try:
+                yield loaded
+            finally:
+                self._release(loaded, self._keep_alive(keep_alive))
+
+    async def tokenize(self, model: str, text: str, keep_alive: float | None = None) -> list[int]:
+        """``text`` as the model's tokens, special-token text parsed, no BOS added (the template adds it)."""
+        async with self.using(model, keep_alive=keep_alive) as loaded:
+            return loaded.engine.tokenize(text, add_special=False, parse_special=True)
+
+    async def detokenize(self, model: str, tokens: list[int], keep_alive: float | None = None) -> str:
+        async with self.using(model, keep_alive=keep_alive) as loaded:
+            return loaded.engine.detokenize(tokens)
+
+    async def count_tokens(self, request: GenerateRequest) -> int:
+        """How many tokens ``request``'s prompt is, templated as generating it would be (no truncation)."""
+        entry, defaults = self._defaults(request.model)
+        sampling, _ = split_options(request.options, defaults.sampling, defaults.load)
+        async with self.using(request.model, request.options, request.keep_alive) as loaded:
+            prompt = build_prompt(replace(request, truncate=False), template=loaded.template,
+                                  tokenize=loaded.engine.tokenize, num_ctx=1 << 30,
+                                  num_predict=sampling.num_predict, default_system=defaults.system,
+                                  default_messages=defaults.messages, bos_token=loaded.engine.bos_text,
+                                  eos_token=loaded.engine.eos_text)
+            return len(prompt.tokens)
 
     async def load(self, model: str, keep_alive: float | None = None) -> None:
         async for _ in self.generate(GenerateRequest(model=model, keep_alive=keep_alive)):
@@ -385,5 +428,4 @@ def _shorten(vector: list[float], dimensions: int) -> list[float]:
     head = vector[:dimensions]
     norm = sum(x * x for x in head) ** 0.5
     return [x / norm for x in head] if norm else head
-
 

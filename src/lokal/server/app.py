@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lokal import __version__
 from lokal.errors import LokalError, ServerBusy
-from lokal.server import foundry_api, ollama_api, openai_api
+from lokal.server import anthropic_api, anthropic_types, foundry_api, ollama_api, openai_api, text_api
 from lokal.server.openai_types import error_body
 from lokal.server.streaming import JSONResponse
 
@@ -50,6 +50,8 @@ def create_app(runtime: Any, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) ->
     app.include_router(ollama_api.router)
     app.include_router(openai_api.router)
     app.include_router(foundry_api.router)
+    app.include_router(text_api.router)
+    app.include_router(anthropic_api.router)
 
     app.add_exception_handler(LokalError, _lokal_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -74,7 +76,12 @@ def is_openai_path(request: Request) -> bool:
 
 def error_response(request: Request, status: int, message: str, headers: dict[str, str] | None = None,
                    code: str | None = None) -> Response:
-    body = error_body(status, message, code=code) if is_openai_path(request) else {"error": message}
+    if request.url.path.startswith("/v1/messages"):
+        body = anthropic_types.error_body(status, message)
+    elif is_openai_path(request):
+        body = error_body(status, message, code=code)
+    else:
+        body = {"error": message}
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers)
     return JSONResponse(body, status_code=status, headers=headers)
