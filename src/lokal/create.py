@@ -120,9 +120,8 @@ def _base_layers(store: Store, spec: CreateSpec) -> tuple[list[Layer], dict[str,
                       from_=file_name)], {}
     if not spec.source:
         raise BadRequest("neither 'from' nor 'files' was given: say which model to build on")
-    entry = store.get(spec.source)
-    store.model_path(entry)  # the weights must be present and whole
-    return list(entry.manifest.layers), store.params(entry)
+    base = store.open(spec.source)  # the weights must be present and whole
+    return list(base.entry.manifest.layers), dict(base.params)
 
 
 def _model_layer(layers: list[Layer]) -> Layer:

@@ -16,6 +16,7 @@ from lokal.errors import LokalError
 from lokal.store.gguf_info import ModelDetails, is_embedding_model, read_details
 from lokal.store.names import ModelName
 from lokal.store.store import ModelEntry, Store
+from lokal.store.stored_model import StoredModel
 from lokal.templates import ChatTemplate
 
 log = logging.getLogger("lokal.models")
@@ -61,19 +62,19 @@ class ModelDescription:
 
 def describe(store: Store, name: str | ModelName) -> ModelDescription:
     """Describe a stored model. Raises ``InvalidModelName`` / ``ModelNotFound`` / ``StoreError``."""
-    entry = store.get(name)
-    model_path = store.model_path(entry)
-    details = read_details(model_path)
-    template_layer = store.layer_text(entry, "template")
+    return describe_stored(store.open(name))
+
+
+def describe_stored(model: StoredModel) -> ModelDescription:
+    entry, details = model.entry, model.details
     # The template that requests will use: the Modelfile's, the GGUF's, or the fallback for the family.
-    chat_template = ChatTemplate.from_model(details.chat_template, template_layer, architecture=details.architecture)
-    template = chat_template.source
-    system = store.layer_text(entry, "system") or ""
-    license_text = store.layer_text(entry, "license") or details.license or ""
-    parameter_values = dict(store.params(entry))
-    messages = list(store.messages(entry))
+    template = model.chat_template.source
+    system = model.system or ""
+    license_text = model.license or ""
+    parameter_values = dict(model.params)
+    messages = [dict(message) for message in model.messages]
     modelfile = format_modelfile(
-        entry.name.display, str(model_path), template=template, system=system,
+        entry.name.display, str(model.path), template=template, system=system,
         parameters=parameter_values, license_text=license_text, messages=messages)
     return ModelDescription(
         name=entry.name.display,
@@ -84,7 +85,7 @@ def describe(store: Store, name: str | ModelName) -> ModelDescription:
         license=license_text,
         details=details_fields(details),
         model_info=model_info(details),
-        capabilities=capabilities(details, chat_template),
+        capabilities=capabilities(details, model.chat_template),
         modified_at=entry.modified_at,
         messages=messages,
         parameter_values=parameter_values,

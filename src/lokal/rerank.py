@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from lokal.errors import BadRequest, UnsupportedCapability
-from lokal.store.gguf_info import read_details
 from lokal.types import EmbedRequest
 
 
@@ -34,7 +33,7 @@ async def rerank(runtime: Any, model: str, query: str, documents: list[str], top
         raise BadRequest("documents must not be empty")
     if top_n is not None and top_n < 1:
         raise BadRequest("top_n must be at least 1")
-    details = read_details(runtime.store.model_path(runtime.store.get(model)))
+    details = runtime.store.open(model).details
     if details.pooling_type == "rank":
         raise UnsupportedCapability(f'model "{model}" is a reranker (rank pooling), which lokal does not run '
                                     "yet; rerank with an embedding model such as all-minilm")

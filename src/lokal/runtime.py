@@ -21,12 +21,13 @@ from lokal.errors import BadRequest, InsufficientMemory, ModelLoadError, ServerB
 from lokal.hardware import available_memory, estimate_memory, process_rss
 from lokal.output import output_splitter, split_events
 from lokal.prompt import build_prompt
-from lokal.store.gguf_info import ModelDetails, read_details
+from lokal.store.gguf_info import ModelDetails
 from lokal.store.names import ModelName
 from lokal.store.store import ModelEntry, Store
+from lokal.store.stored_model import StoredModel
 from lokal.templates import ChatTemplate
 from lokal.tool_calls import forced_call_schema
-from lokal.types import (Done, EmbedRequest, EmbedResult, Event, GenerateRequest, LoadOptions, Message,
+from lokal.types import (Done, EmbedRequest, EmbedResult, Event, GenerateRequest, LoadOptions,
                          SamplingOptions, split_options)
 
 log = logging.getLogger("lokal.runtime")
@@ -44,17 +45,6 @@ class RunningModel:
     context_length: int
     expires_at: datetime | None
     details: ModelDetails
-
-
-@dataclass
-class ModelDefaults:
-    """What a model's manifest says about requests: its Modelfile PARAMETERs, SYSTEM and MESSAGES.
-    (Its TEMPLATE is read once at load time: it belongs to the loaded model.)"""
-
-    sampling: SamplingOptions
-    load: LoadOptions
-    system: str | None
-    messages: list[Message]
 
 
 @dataclass
@@ -105,18 +95,18 @@ class Runtime:
                 await self.unload(request.model)
                 yield Done(reason="unload", total_duration=time.perf_counter_ns() - started)
                 return
-        entry, defaults = self._defaults(request.model)
-        sampling, load = split_options(request.options, defaults.sampling, defaults.load)
+        stored = self.store.open(request.model)
+        sampling, load = split_options(request.options, *stored.options())
         with self._queue_slot():
-            model, load_ns = await self._acquire(name, entry, load)
+            model, load_ns = await self._acquire(name, stored, load)
             try:
-                async for event in self._generate_on(model, request, sampling, defaults, started, load_ns):
+                async for event in self._generate_on(model, request, sampling, stored, started, load_ns):
                     yield event
             finally:
                 self._release(model, keep_alive)
 
     async def _generate_on(self, model: LoadedModel, request: GenerateRequest, sampling: SamplingOptions,
-                           defaults: ModelDefaults, started: int, load_ns: int) -> AsyncIterator[Event]:
+                           stored: StoredModel, started: int, load_ns: int) -> AsyncIterator[Event]:
         if request.prompt is None and not request.messages:
             yield Done(reason="load", load_duration=load_ns, total_duration=time.perf_counter_ns() - started)
             return
@@ -125,7 +115,7 @@ class Runtime:
             raise UnsupportedCapability(f'model "{model.entry.name.display}" does not support images')
         prompt = build_prompt(request, template=model.template, tokenize=model.engine.tokenize,
                               num_ctx=model.config.num_ctx, num_predict=sampling.num_predict,
-                              default_system=defaults.system, default_messages=defaults.messages,
+                              default_system=stored.system, default_messages=stored.default_messages(),
                               bos_token=model.engine.bos_text, eos_token=model.engine.eos_text)
         forced = forced_call_schema(request.tools, request.tool_choice) if request.tools else None
         grammar = grammar_for(forced or request.format)
@@ -147,12 +137,12 @@ class Runtime:
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         started = time.perf_counter_ns()
         name = ModelName.parse(request.model)
-        entry, defaults = self._defaults(request.model)
-        _, load = split_options(request.options, defaults.sampling, defaults.load)
+        stored = self.store.open(request.model)
+        _, load = split_options(request.options, *stored.options())
         if request.dimensions is not None and request.dimensions < 1:
             raise BadRequest("dimensions must be a positive integer")
         with self._queue_slot():
-            model, load_ns = await self._acquire(name, entry, load)
+            model, load_ns = await self._acquire(name, stored, load)
             try:
                 return await self._embed_on(model, request, started, load_ns)
             finally:
@@ -180,10 +170,10 @@ class Runtime:
         """The loaded model (loading it if needed), held busy for the block: for work on its vocabulary
         and template that generates nothing (tokenize, detokenize, counting a chat's tokens)."""
         name = ModelName.parse(model)
-        entry, defaults = self._defaults(model)
-        _, load = split_options(options, defaults.sampling, defaults.load)
+        stored = self.store.open(model)
+        _, load = split_options(options, *stored.options())
         with self._queue_slot():
-            loaded, _ = await self._acquire(name, entry, load)
+            loaded, _ = await self._acquire(name, stored, load)
             try:
                 yield loaded
             finally:
@@ -200,13 +190,13 @@ class Runtime:
 
     async def count_tokens(self, request: GenerateRequest) -> int:
         """How many tokens ``request``'s prompt is, templated as generating it would be (no truncation)."""
-        entry, defaults = self._defaults(request.model)
-        sampling, _ = split_options(request.options, defaults.sampling, defaults.load)
+        stored = self.store.open(request.model)
+        sampling, _ = split_options(request.options, *stored.options())
         async with self.using(request.model, request.options, request.keep_alive) as loaded:
             prompt = build_prompt(replace(request, truncate=False), template=loaded.template,
                                   tokenize=loaded.engine.tokenize, num_ctx=1 << 30,
-                                  num_predict=sampling.num_predict, default_system=defaults.system,
-                                  default_messages=defaults.messages, bos_token=loaded.engine.bos_text,
+                                  num_predict=sampling.num_predict, default_system=stored.system,
+                                  default_messages=stored.default_messages(), bos_token=loaded.engine.bos_text,
                                   eos_token=loaded.engine.eos_text)
             return len(prompt.tokens)
 
@@ -259,19 +249,6 @@ class Runtime:
     def _keep_alive(self, requested: float | None) -> float:
         return float(self.settings.keep_alive if requested is None else requested)
 
-    def _defaults(self, model: str) -> tuple[ModelEntry, ModelDefaults]:
-        entry = self.store.get(model)
-        name = entry.name
-        params = dict(self.store.params(entry))
-        try:
-            sampling, load = split_options(params)
-        except BadRequest as exc:
-            raise BadRequest(f'model "{name.display}" has an invalid PARAMETER: {exc.message}') from None
-        messages = [Message(role=m.get("role", "user"), content=m.get("content", ""))
-                    for m in self.store.messages(entry)]
-        return entry, ModelDefaults(sampling=sampling, load=load, system=self.store.layer_text(entry, "system"),
-                                    messages=messages)
-
     @contextmanager
     def _queue_slot(self) -> Iterator[None]:
         """Counts a request from arrival to its end. Requests beyond the loaded models' decoding slots
@@ -305,17 +282,13 @@ class Runtime:
             kv_cache_type=self.settings.kv_cache_type,
         )
 
-    async def _acquire(self, name: ModelName, entry: ModelEntry, load: LoadOptions) -> tuple[LoadedModel, int]:
+    async def _acquire(self, name: ModelName, stored: StoredModel, load: LoadOptions) -> tuple[LoadedModel, int]:
         """The loaded model for this request (loading it if needed), marked busy. Returns load time in ns."""
         key = _model_key(name)
-        path = self.store.model_path(entry)
+        entry, path, details = stored.entry, stored.path, stored.details
         async with self._lock:
             while True:
                 loaded = self._loaded.get(key)
-                if loaded is not None and loaded.entry.digest == entry.digest:
-                    details = loaded.details
-                else:
-                    details = await asyncio.to_thread(read_details, path)
                 wanted = self._engine_config(entry, details, load)
                 if loaded is not None and loaded.config == wanted and loaded.entry.digest == entry.digest:
                     self._mark_busy(loaded)
@@ -328,7 +301,7 @@ class Runtime:
                                              wanted.num_ctx * wanted.num_parallel, wanted.kv_cache_type).total
                     if await self._make_room(entry.name.display, memory):
                         started = time.perf_counter_ns()
-                        model = await self._load(key, entry, path, details, wanted, memory)
+                        model = await self._load(key, stored, wanted, memory)
                         load_ns = time.perf_counter_ns() - started
                         log.info("loaded %s in %.2f s: %s KV cache, %.0f MB estimated; %s", entry.name.display,
                                  load_ns / 1e9, wanted.kv_cache_type, memory / 1e6, self._residency())
@@ -356,17 +329,14 @@ class Runtime:
                                                 f"{available_memory() / 1e9:.2f} GB available")
         return True
 
-    async def _load(self, key: str, entry: ModelEntry, path: Any, details: ModelDetails,
-                    config: EngineConfig, memory: int) -> LoadedModel:
+    async def _load(self, key: str, stored: StoredModel, config: EngineConfig, memory: int) -> LoadedModel:
+        entry, path = stored.entry, stored.path
         log.info("loading %s (num_ctx=%d, num_parallel=%d)", entry.name.display, config.num_ctx, config.num_parallel)
         try:
             engine = await asyncio.to_thread(Engine, str(path), config)
         except Exception as exc:  # llama.cpp reports load failures as a bare None/ValueError
             raise ModelLoadError(f'failed to load model "{entry.name.display}": {exc}') from exc
-        template_override = self.store.layer_text(entry, "template")
-        template = ChatTemplate.from_model(details.chat_template, template_override,
-                                         architecture=details.architecture)
-        model = LoadedModel(key=key, entry=entry, engine=engine, details=details, template=template,
+        model = LoadedModel(key=key, entry=entry, engine=engine, details=stored.details, template=stored.chat_template,
                             config=config, memory=memory)
         self._loaded[key] = model
         return model

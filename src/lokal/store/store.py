@@ -28,6 +28,7 @@ from lokal.errors import InvalidModelName, LokalError, ModelNotFound, StoreError
 from lokal.store.blobs import BlobStore, fsync_directory
 from lokal.store.manifests import Layer, Manifest, media_type_of
 from lokal.store.names import ModelName
+from lokal.store.stored_model import Adapter, StoredModel
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +150,24 @@ class Store:
             raise ModelNotFound(wanted.display, f'model "{wanted.without_digest().display}" is at '
                                                 f'{entry.digest}, not {wanted.digest}')
         return entry
+
+    def open(self, name: str | ModelName) -> StoredModel:
+        """The model called ``name`` with its weights checked present and every small layer read."""
+        from lokal.store.gguf_info import read_details
+
+        entry = self.get(name)
+        path = self.model_path(entry)
+        details = read_details(path)  # cached per file, so a request pays for the header once
+        return StoredModel(
+            entry=entry, path=path, details=details, params=self.params(entry),
+            system=self.layer_text(entry, "system"), template=self.layer_text(entry, "template"),
+            license=self.layer_text(entry, "license") or details.license,
+            messages=tuple(self.messages(entry)),
+            adapters=tuple(Adapter(self._layer_path(entry, layer)) for layer in entry.manifest.layers_of(
+                media_type_of("adapter"))),
+            knowledge=tuple(self._layer_path(entry, layer) for layer in entry.manifest.layers_of(
+                media_type_of("knowledge"))),
+        )
 
     def exists(self, name: str | ModelName) -> bool:
         try:
@@ -290,6 +309,13 @@ class Store:
             raise StoreError(f"the weights of {entry.name.display} are incomplete or corrupt: blob "
                              f"{layer.digest} has {size} bytes, the manifest says {layer.size}; "
                              f"pull the model again")
+        return path
+
+    def _layer_path(self, entry: ModelEntry, layer: Layer) -> Path:
+        path = self.blobs.path(layer.digest)
+        if not path.is_file():
+            raise StoreError(f"the {layer.kind or layer.media_type} of {entry.name.display} (blob "
+                             f"{layer.digest}) is missing from the store")
         return path
 
     def _read_layer(self, entry: ModelEntry, layer: Layer) -> str:
