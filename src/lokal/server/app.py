@@ -18,8 +18,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lokal import __version__
 from lokal.errors import LokalError, ServerBusy
-from lokal.server import (anthropic_api, anthropic_types, foundry_api, ollama_api, openai_api, responses_api,
-                          text_api)
+from lokal.server import (anthropic_api, anthropic_types, foundry_api, ollama_api, openai_api, openapi,
+                          responses_api, text_api)
 from lokal.server.openai_types import error_body
 from lokal.server.streaming import JSONResponse
 
@@ -54,6 +54,7 @@ def create_app(runtime: Any, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) ->
     app.include_router(text_api.router)
     app.include_router(anthropic_api.router)
     app.include_router(responses_api.router)
+    openapi.install(app)
 
     app.add_exception_handler(LokalError, _lokal_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
