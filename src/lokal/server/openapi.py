@@ -34,6 +34,10 @@ ERROR_SCHEMAS: dict[str, dict[str, Any]] = {
 STATUS_TEXT = {400: "Invalid request", 404: "Model or object not found", 413: "Request body too large",
                499: "Client closed the connection", 500: "The model failed to load",
                503: "Busy (queue full) or shutting down", 507: "Not enough memory to load the model"}
+# ModelName's grammar (store/names.py): [host/][namespace/]model[:tag][@sha256:<hex>].
+MODEL_NAME_PATTERN = (r"^([A-Za-z0-9][A-Za-z0-9_.:-]*/){0,2}[A-Za-z0-9][A-Za-z0-9_.-]{0,79}"
+                      r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,79})?(@sha256[:-][0-9a-fA-F]{64})?$")
+MODEL_FIELDS = {"model", "source", "destination", "from"}
 # Routes that stream unless asked not to, and how.
 STREAMING = {"/api/generate": NDJSON, "/api/chat": NDJSON, "/api/pull": NDJSON, "/api/create": NDJSON,
              "/v1/chat/completions": SSE, "/v1/completions": SSE, "/v1/responses": SSE, "/v1/messages": SSE}
@@ -112,6 +116,9 @@ def correct(schema: dict[str, Any]) -> dict[str, Any]:
             for status in statuses(plain_path, method, operation):
                 responses[str(status)] = {"description": STATUS_TEXT[status],
                                           "content": {"application/json": {"schema": error_ref}}}
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") == "path" and parameter.get("name") in ("model", "name"):
+                    parameter.setdefault("schema", {})["pattern"] = MODEL_NAME_PATTERN
             media = STREAMING.get(path)
             ok = responses.get("200")
             if media and ok is not None:
@@ -120,6 +127,9 @@ def correct(schema: dict[str, Any]) -> dict[str, Any]:
         if name in ERROR_SCHEMAS:
             continue
         properties = component.get("properties") or {}
+        for field in MODEL_FIELDS & set(properties):
+            if properties[field].get("type") == "string" and name.endswith("Request"):
+                properties[field]["pattern"] = MODEL_NAME_PATTERN
         if "options" in properties and name.endswith(("Request", "Options")):
             properties["options"] = options_schema()
     return schema
