@@ -78,6 +78,16 @@ def parse_kv_cache_type(raw: str) -> str:
     return value
 
 
+LOG_FORMATS = ("text", "json")
+
+
+def parse_log_format(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in LOG_FORMATS:
+        raise ValueError(f"expected one of {', '.join(LOG_FORMATS)}, got {raw!r}")
+    return value
+
+
 def parse_list(raw: str) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
@@ -118,6 +128,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LOKAL_REGISTRY", "https://registry.ollama.ai", "Ollama-protocol registry that `pull` talks to.",
             lambda raw: raw.rstrip("/"), "OLLAMA_REGISTRY"),
     Setting("LOKAL_DEBUG", "0", "Verbose logs, including llama.cpp's own output.", parse_bool, "OLLAMA_DEBUG"),
+    Setting("LOKAL_LOG_FORMAT", "text", "Server log format: text (for people) or json (one object per line, with "
+            "request ids).", parse_log_format),
+    Setting("LOKAL_PRELOAD", "", "Models the server loads at start, kept loaded until a request's keep_alive "
+            "says otherwise (comma separated); /ready answers 200 once they are in.", parse_list),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

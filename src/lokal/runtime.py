@@ -13,7 +13,7 @@ import time
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator, Literal
 
 from lokal.config import Settings, physical_cores
 from lokal.engine import AsyncSink, Engine, EngineConfig, grammar_for
@@ -45,6 +45,20 @@ class RunningModel:
     context_length: int
     expires_at: datetime | None
     details: ModelDetails
+
+
+# Why a model was unloaded, as a bounded word for metrics (the log line says it in full).
+UnloadCause = Literal["requested", "keep_alive", "max_loaded", "memory", "reload", "shutdown"]
+
+
+@dataclass(frozen=True)
+class ResidencyEvent:
+    """A model loaded or unloaded, for listeners such as the server's metrics."""
+
+    kind: Literal["load", "unload"]
+    model: str
+    seconds: float
+    cause: UnloadCause | None = None  # unloads only
 
 
 @dataclass
@@ -81,7 +95,9 @@ class Runtime:
         # Signalled (under the same lock, so no wake-up is lost) when a model goes idle or unloads.
         self._changed = asyncio.Condition(self._lock)
         self._num_in_flight = 0
+        self.num_refused = 0  # requests refused with 503 because the queue was full (metrics)
         self._closed = False
+        self.residency_listeners: list[Callable[[ResidencyEvent], None]] = []
 
     # ---- public API -------------------------------------------------------------------------------
 
@@ -128,6 +144,7 @@ class Runtime:
                 events = split_events(sink, splitter)
             async for event in events:
                 if isinstance(event, Done):
+                    event.model = model.entry.name.display
                     event.load_duration = load_ns
                     event.total_duration = time.perf_counter_ns() - started
                 yield event
@@ -211,7 +228,7 @@ class Runtime:
             if loaded is None:
                 return
             if loaded.is_idle:
-                await self._evict(loaded, why="unload requested")
+                await self._evict(loaded, why="unload requested", cause="requested")
             else:
                 loaded.keep_alive = 0  # unloads as soon as its last request finishes
 
@@ -237,12 +254,28 @@ class Runtime:
         loaded = self._loaded.get(_model_key(ModelName.parse(model)))
         return loaded.engine if loaded else None
 
+    def loaded_engines(self) -> list[tuple[str, Engine]]:
+        """(model name, engine) of every loaded model, for metrics."""
+        return [(model.entry.name.display, model.engine) for model in list(self._loaded.values())]
+
+    @property
+    def num_in_flight(self) -> int:
+        """Requests between arrival and their end, running or waiting."""
+        return self._num_in_flight
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests beyond the loaded models' decoding slots: the queue LOKAL_MAX_QUEUE bounds."""
+        capacity = sum(m.config.num_parallel for m in list(self._loaded.values()))
+        return max(0, self._num_in_flight - capacity)
+
     async def close(self) -> None:
         """Refuse new requests, end running ones with an error, unload every model."""
         self._closed = True
         async with self._lock:
             for model in list(self._loaded.values()):
-                await self._evict(model, why="server shutting down", reason="the server is shutting down")
+                await self._evict(model, why="server shutting down", cause="shutdown",
+                                  reason="the server is shutting down")
 
     # ---- residency --------------------------------------------------------------------------------
 
@@ -259,6 +292,7 @@ class Runtime:
         if self._num_in_flight - capacity >= self.settings.max_queue:
             log.warning("refused a request with 503: %d waiting, LOKAL_MAX_QUEUE=%d",
                         self._num_in_flight - capacity, self.settings.max_queue)
+            self.num_refused += 1
             raise ServerBusy(f"server busy: more than {self.settings.max_queue} requests waiting (LOKAL_MAX_QUEUE)")
         self._num_in_flight += 1
         try:
@@ -294,7 +328,7 @@ class Runtime:
                     self._mark_busy(loaded)
                     return loaded, 0
                 if loaded is not None and loaded.is_idle:
-                    await self._evict(loaded, why="load options or the model changed")  # reload
+                    await self._evict(loaded, why="load options or the model changed", cause="reload")
                     loaded = None
                 if loaded is None:
                     memory = estimate_memory(path.stat().st_size, details.metadata,
@@ -305,6 +339,7 @@ class Runtime:
                         load_ns = time.perf_counter_ns() - started
                         log.info("loaded %s in %.2f s: %s KV cache, %.0f MB estimated; %s", entry.name.display,
                                  load_ns / 1e9, wanted.kv_cache_type, memory / 1e6, self._residency())
+                        self._tell(ResidencyEvent("load", entry.name.display, load_ns / 1e9))
                         self._mark_busy(model)
                         return model, load_ns
                 # The model is busy with other options, or every slot holds a busy model: wait for a change.
@@ -316,8 +351,9 @@ class Runtime:
         while len(self._loaded) >= self.settings.max_loaded_models:
             if not idle:
                 return False
-            await self._evict(idle.pop(0), why=f"LOKAL_MAX_LOADED_MODELS={self.settings.max_loaded_models}, "
-                                                f"least recently used, making room for {name}")
+            await self._evict(idle.pop(0), cause="max_loaded",
+                              why=f"LOKAL_MAX_LOADED_MODELS={self.settings.max_loaded_models}, "
+                                  f"least recently used, making room for {name}")
         while needed > available_memory():
             if not idle:
                 if not self._loaded:
@@ -325,8 +361,8 @@ class Runtime:
                         f"model requires {needed / 1e9:.1f} GB of memory but only "
                         f"{available_memory() / 1e9:.1f} GB is available; try a smaller num_ctx or num_parallel")
                 return False
-            await self._evict(idle.pop(0), why=f"memory: {name} needs {needed / 1e9:.2f} GB, "
-                                                f"{available_memory() / 1e9:.2f} GB available")
+            await self._evict(idle.pop(0), cause="memory", why=f"memory: {name} needs {needed / 1e9:.2f} GB, "
+                                                              f"{available_memory() / 1e9:.2f} GB available")
         return True
 
     async def _load(self, key: str, stored: StoredModel, config: EngineConfig, memory: int) -> LoadedModel:
@@ -346,6 +382,13 @@ class Runtime:
         rss = process_rss()
         return (f"{len(self._loaded)} of {self.settings.max_loaded_models} models loaded"
                 + (f", process RSS {rss / 1e6:.0f} MB" if rss is not None else ""))
+
+    def _tell(self, event: ResidencyEvent) -> None:
+        for listener in self.residency_listeners:
+            try:
+                listener(event)
+            except Exception:  # a broken listener must not break residency
+                log.exception("residency listener failed")
 
     def _mark_busy(self, model: LoadedModel) -> None:
         model.num_active += 1
@@ -376,9 +419,9 @@ class Runtime:
     async def _expire(self, model: LoadedModel) -> None:
         async with self._lock:
             if self._loaded.get(model.key) is model and model.is_idle:
-                await self._evict(model, why=f"keep_alive {model.keep_alive:g} s expired")
+                await self._evict(model, why=f"keep_alive {model.keep_alive:g} s expired", cause="keep_alive")
 
-    async def _evict(self, model: LoadedModel, why: str,
+    async def _evict(self, model: LoadedModel, why: str, cause: UnloadCause,
                      reason: str = "the model was unloaded before the request finished") -> None:
         """Unload a model (``why`` goes to the log); requests still running on it end with ``reason``.
         Caller holds self._lock."""
@@ -388,8 +431,9 @@ class Runtime:
             model.expiry_timer.cancel()
         started = time.perf_counter()
         await asyncio.to_thread(model.engine.close, reason)
-        log.info("unloaded %s (%s) in %.2f s; %s", model.entry.name.display, why, time.perf_counter() - started,
-                 self._residency())
+        seconds = time.perf_counter() - started
+        log.info("unloaded %s (%s) in %.2f s; %s", model.entry.name.display, why, seconds, self._residency())
+        self._tell(ResidencyEvent("unload", model.entry.name.display, seconds, cause))
         self._changed.notify_all()
 
 

@@ -208,6 +208,7 @@ class Done:
     load_duration: int = 0
     total_duration: int = 0
     context: list[int] = field(default_factory=list)  # prompt + generated tokens
+    model: str = ""  # the model that generated, as the store names it (set by the runtime)
 
     @property
     def prompt_tokens_per_second(self) -> float:

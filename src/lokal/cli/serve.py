@@ -23,12 +23,17 @@ def serve(
     num_parallel: Optional[int] = typer.Option(None, "--num-parallel",
                                                help="Sequences per model at once (LOKAL_NUM_PARALLEL)."),
     debug: bool = typer.Option(False, "--debug", help="Verbose logs (LOKAL_DEBUG)."),
+    preload: Optional[list[str]] = typer.Option(None, "--preload", metavar="MODEL",
+                                                help="Load MODEL at start and keep it loaded; repeat or separate "
+                                                     "with commas for several (LOKAL_PRELOAD). /ready waits for them."),
+    log_format: Optional[str] = typer.Option(None, "--log-format", help="text or json (LOKAL_LOG_FORMAT)."),
 ) -> None:
     """Start the server: the Ollama API, the OpenAI API (/v1) and Foundry Local's endpoints. Stop it with Ctrl+C."""
     from lokal.server.serve import serve as run_server
 
     overrides = {"host": host, "models": models, "keep_alive": keep_alive, "num_parallel": num_parallel,
-                 "debug": "1" if debug else None}
+                 "debug": "1" if debug else None, "log_format": log_format,
+                 "preload": ",".join(preload) if preload else None}
     run_server(Settings(overrides={k: v for k, v in overrides.items() if v is not None}))
 
 

@@ -75,6 +75,11 @@ class EngineStats:
     num_busy: int  # slots running a request
     num_free: int
     num_waiting: int  # requests waiting for a slot
+    # For metrics (read without the engine lock: a scrape may see a step half-applied, never a torn number).
+    num_kv_cells: int = 0  # KV cells the context holds: num_ctx × num_parallel
+    num_kv_cells_used: int = 0  # cells holding a running or idle slot's tokens
+    num_parked_bytes: int = 0  # idle slots' KV parked in host memory (prompt cache)
+    num_reused_tokens: int = 0  # prompt tokens prefix reuse saved, since the model loaded
 
 
 class Handle:
@@ -228,10 +233,17 @@ class Engine:
         return result.result()
 
     def stats(self) -> EngineStats:
-        slots = self._scheduler.slots
+        scheduler = self._scheduler
+        slots = scheduler.slots
         num_busy = slots.num_busy
+        running = list(scheduler.running)
+        num_used = (sum(seq.num_computed for seq in running)
+                    + sum(len(slot.tokens) for slot in list(slots.slots) if not slot.is_busy))
         return EngineStats(num_slots=len(slots.slots), num_busy=num_busy, num_free=len(slots.slots) - num_busy,
-                           num_waiting=len(self._scheduler.waiting) + len(self._inbox))
+                           num_waiting=len(scheduler.waiting) + len(self._inbox),
+                           num_kv_cells=self.config.num_ctx * self.config.num_parallel,
+                           num_kv_cells_used=num_used, num_parked_bytes=slots.num_parked_bytes,
+                           num_reused_tokens=scheduler.num_reused_tokens)
 
     @property
     def num_live_samplers(self) -> int:

@@ -55,6 +55,7 @@ class Scheduler:
         self.num_batch = num_batch
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
+        self.num_reused_tokens = 0  # prompt tokens prefix reuse saved, all requests together (metrics)
 
     @property
     def has_work(self) -> bool:
@@ -98,4 +99,5 @@ class Scheduler:
             seq = self.waiting.popleft()
             seq.slot = lease.slot
             seq.num_computed = seq.num_reused = lease.num_reused
+            self.num_reused_tokens += lease.num_reused
             self.running.append(seq)

@@ -9,7 +9,7 @@ import logging
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
@@ -18,8 +18,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lokal import __version__
 from lokal.errors import LokalError, ServerBusy
-from lokal.server import (anthropic_api, anthropic_types, foundry_api, ollama_api, openai_api, openapi,
+from lokal.server import (anthropic_api, anthropic_types, foundry_api, ollama_api, openai_api, openapi, ops_api,
                           responses_api, text_api)
+from lokal.server.access import AccessMiddleware, note_route
+from lokal.server.metrics import Metrics
 from lokal.server.openai_types import error_body
 from lokal.server.streaming import JSONResponse
 
@@ -42,15 +44,18 @@ def create_app(runtime: Any, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) ->
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        preload = ops_api.start_preload(app)
         yield
+        ops_api.stop_preload(preload)
         await runtime.close()
 
-    app = FastAPI(title="lokal", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="lokal", version=__version__, lifespan=lifespan, dependencies=[Depends(note_route)],
                   description="Ollama and OpenAI APIs (and Foundry Local's management endpoints) over local models.")
     app.state.runtime = runtime
     app.include_router(ollama_api.router)
     app.include_router(openai_api.router)
     app.include_router(foundry_api.router)
+    app.include_router(ops_api.router)
     app.include_router(text_api.router)
     app.include_router(anthropic_api.router)
     app.include_router(responses_api.router)
@@ -67,6 +72,8 @@ def create_app(runtime: Any, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) ->
                        allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(JSONBodyMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.state.metrics = Metrics(runtime)
+    app.add_middleware(AccessMiddleware, metrics=app.state.metrics)  # outermost
     return app
 
 

@@ -42,7 +42,8 @@ MODEL_FIELDS = {"model", "source", "destination", "from"}
 STREAMING = {"/api/generate": NDJSON, "/api/chat": NDJSON, "/api/pull": NDJSON, "/api/create": NDJSON,
              "/v1/chat/completions": SSE, "/v1/completions": SSE, "/v1/responses": SSE, "/v1/messages": SSE}
 # Routes that need no model and take no input: nothing but 200.
-ALWAYS_OK = {"/", "/api/version", "/api/health", "/api/ps", "/openai/loadedmodels", "/openai/status"}
+ALWAYS_OK = {"/", "/api/version", "/api/health", "/api/ps", "/openai/loadedmodels", "/openai/status", "/metrics",
+             "/api/metrics"}
 # Routes that list or manage the store without loading a model.
 STORE_ONLY = {"/api/tags", "/v1/models", "/openai/models", "/api/show", "/api/delete", "/api/copy",
               "/api/pull", "/api/create", "/api/blobs/{digest}", "/v1/models/{model}", "/openai/unloadall",
@@ -72,6 +73,8 @@ def error_schema_name(path: str) -> str:
 def statuses(path: str, method: str, operation: dict[str, Any]) -> list[int]:
     if path in ALWAYS_OK:
         return []
+    if path == "/ready":
+        return [503]
     found = [400]
     if "requestBody" in operation:
         found.append(413)

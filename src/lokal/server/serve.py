@@ -60,18 +60,23 @@ def serve(settings: Settings) -> None:
     from lokal.engine import set_llama_logging
     from lokal.runtime import Runtime
     from lokal.server.app import create_app
+    from lokal.server.logs import configure_logging
 
     host, port = settings.host
     sock = bind(host, port)
-    logging.basicConfig(level=logging.DEBUG if settings.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(bool(settings.debug), settings.log_format)
     set_llama_logging(bool(settings.debug))
     runtime = Runtime(settings)
+    # lokal.access writes the access lines (with request ids and tokens) and logs.py formats uvicorn's own.
     config = uvicorn.Config(create_app(runtime), log_level="debug" if settings.debug else "info",
-                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, server_header=False)
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, server_header=False,
+                            access_log=False, log_config=None)
     shown_host = f"[{host}]" if ":" in host else host
-    print(f"lokal {_version()} listening on http://{shown_host}:{port} (models in {settings.models})",
-          file=sys.stderr, flush=True)
+    banner = f"lokal {_version()} listening on http://{shown_host}:{port} (models in {settings.models})"
+    if settings.log_format == "json":
+        log.info("%s", banner)  # every line a JSON object
+    else:
+        print(banner, file=sys.stderr, flush=True)
     _exit_zero_on_stop_signals()
     _Server(config, runtime).run(sockets=[sock])
 

@@ -22,6 +22,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Send
 
 from lokal.errors import Cancelled, LokalError
+from lokal.server.access import note_event
 from lokal.types import Done, Event, Token
 
 log = logging.getLogger("lokal.server")
@@ -96,7 +97,9 @@ async def first_event(request: Request, events: AsyncIterator[Event]) -> Event:
     """The stream's first event. The runtime raises its typed errors here, before any byte is sent,
     so the handler can still answer with the right status."""
     try:
-        return await until_disconnected(request, anext(events))
+        event = await until_disconnected(request, anext(events))
+        note_event(event)
+        return event
     except StopAsyncIteration:
         raise LokalError("the generation ended without a result") from None
     except BaseException:
@@ -113,6 +116,7 @@ async def render_stream(first: Event, events: AsyncIterator[Event], renderer: Re
             if chunk:  # a renderer may have nothing to say for a token (e.g. text held back)
                 yield chunk
             event = await anext(events)
+            note_event(event)
         yield renderer.done(event)
     except StopAsyncIteration:
         yield renderer.error(LokalError("the generation ended without a result"))
@@ -133,6 +137,7 @@ async def collect(first: Event, events: AsyncIterator[Event]) -> tuple[Answer, D
         while not isinstance(event, Done):
             answer.add(event)
             event = await anext(events)
+            note_event(event)
         return answer, event
     except StopAsyncIteration:
         raise LokalError("the generation ended without a result") from None
