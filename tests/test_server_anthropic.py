@@ -11,6 +11,8 @@ from server_fixture import MODEL, NUM_PREDICT, live_server, model_store, referen
 WEATHER = {"name": "get_weather", "description": "Get the current weather in a city",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 SYSTEM = "You are terse."
+# anthropic 2.x no longer sends temperature itself; the Messages API field is still honoured by lokal.
+GREEDY = {"temperature": 0}
 PROMPT = ("<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nCount from 1 to 10.<|im_end|>\n"
           "<|im_start|>assistant\n")
 
@@ -21,7 +23,7 @@ def client(live_server) -> anthropic.Anthropic:
 
 
 def test_message_matches_the_reference(client, reference):
-    message = client.messages.create(model=MODEL, max_tokens=NUM_PREDICT, temperature=0,
+    message = client.messages.create(model=MODEL, max_tokens=NUM_PREDICT, extra_body=GREEDY,
                                      system=[{"type": "text", "text": SYSTEM}],
                                      messages=[{"role": "user", "content": "Count from 1 to 10."}])
     assert message.type == "message" and message.role == "assistant" and message.id.startswith("msg_")
@@ -32,7 +34,7 @@ def test_message_matches_the_reference(client, reference):
 
 
 def test_stream_events(client, reference):
-    with client.messages.stream(model=MODEL, max_tokens=NUM_PREDICT, temperature=0, system=SYSTEM,
+    with client.messages.stream(model=MODEL, max_tokens=NUM_PREDICT, extra_body=GREEDY, system=SYSTEM,
                                 messages=[{"role": "user", "content": [{"type": "text",
                                                                         "text": "Count from 1 to 10."}]}]) as stream:
         kinds = [event.type for event in stream]
@@ -44,13 +46,13 @@ def test_stream_events(client, reference):
 
 
 def test_tool_use_round_trip(client):
-    message = client.messages.create(model=MODEL, max_tokens=60, temperature=0, tools=[WEATHER],
+    message = client.messages.create(model=MODEL, max_tokens=60, extra_body=GREEDY, tools=[WEATHER],
                                      tool_choice={"type": "tool", "name": "get_weather"},
                                      messages=[{"role": "user", "content": "Weather in Paris?"}])
     assert message.stop_reason == "tool_use"
     (use,) = [block for block in message.content if block.type == "tool_use"]
     assert use.name == "get_weather" and isinstance(use.input["city"], str) and use.id.startswith("toolu_")
-    answer = client.messages.create(model=MODEL, max_tokens=NUM_PREDICT, temperature=0, tools=[WEATHER],
+    answer = client.messages.create(model=MODEL, max_tokens=NUM_PREDICT, extra_body=GREEDY, tools=[WEATHER],
                                     tool_choice={"type": "none"}, messages=[
         {"role": "user", "content": "Weather in Paris?"},
         {"role": "assistant", "content": [block.model_dump() for block in message.content]},
@@ -59,7 +61,7 @@ def test_tool_use_round_trip(client):
 
 
 def test_streamed_tool_use(client):
-    with client.messages.stream(model=MODEL, max_tokens=60, temperature=0, tools=[WEATHER],
+    with client.messages.stream(model=MODEL, max_tokens=60, extra_body=GREEDY, tools=[WEATHER],
                                 tool_choice={"type": "any"},
                                 messages=[{"role": "user", "content": "Weather in Paris?"}]) as stream:
         final = stream.get_final_message()

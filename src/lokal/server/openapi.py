@@ -105,6 +105,88 @@ def options_schema() -> dict[str, Any]:
             "description": "Ollama options over the model's PARAMETERs; null means unset."}
 
 
+_NULL = {"type": "null"}
+_BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+_DURATION = r"^(-?\d+(\.\d+)?|(-?\d+(\.\d+)?(ms|s|m|h))+)$"
+_KEEP_ALIVE = {"anyOf": [{"type": "number"}, {"type": "string", "pattern": _DURATION}, _NULL]}
+_THINK = {"anyOf": [{"type": "boolean"}, {"enum": ["low", "medium", "high", "true", "false"]}, _NULL]}
+_NO_LOGPROBS = {"anyOf": [{"const": False}, _NULL]}
+_NO_TOP_LOGPROBS = {"anyOf": [{"const": 0}, _NULL]}
+_TEXTS = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+_TOOL_CHOICE = {"anyOf": [{"enum": ["auto", "none", "required"]}, _NULL, {
+    "type": "object", "required": ["type", "function"], "properties": {
+        "type": {"const": "function"}, "function": {"type": "object", "required": ["name"],
+                                                    "properties": {"name": {"type": "string", "minLength": 1}}}}}]}
+_EFFORT = {"anyOf": [{"enum": ["low", "medium", "high", "none", "minimal"]}, _NULL]}
+# What the handlers refuse beyond the wire types' own checks, as schema: component → field → schema.
+ENFORCED: dict[str, dict[str, Any]] = {
+    "GenerateRequest": {"keep_alive": _KEEP_ALIVE, "think": _THINK, "logprobs": _NO_LOGPROBS,
+                        "top_logprobs": _NO_TOP_LOGPROBS,
+                        "images": {"anyOf": [{"type": "array", "items": {"type": "string", "pattern": _BASE64}}, _NULL]}},
+    "ChatRequest": {"keep_alive": _KEEP_ALIVE, "think": _THINK, "logprobs": _NO_LOGPROBS,
+                    "top_logprobs": _NO_TOP_LOGPROBS},
+    "lokal__server__ollama_types__Message": {
+        "images": {"anyOf": [{"type": "array", "items": {"type": "string", "pattern": _BASE64}}, _NULL]}},
+    "EmbedRequest": {"keep_alive": _KEEP_ALIVE, "input": _TEXTS},
+    "EmbeddingsRequest": {"keep_alive": _KEEP_ALIVE},
+    "TokenizeRequest": {"keep_alive": _KEEP_ALIVE},
+    "DetokenizeRequest": {"keep_alive": _KEEP_ALIVE},
+    "RerankRequest": {"keep_alive": _KEEP_ALIVE},
+    "ChatCompletionRequest": {
+        "keep_alive": _KEEP_ALIVE, "n": {"anyOf": [{"const": 1}, _NULL]}, "logit_bias": {"anyOf": [
+            {"type": "object", "maxProperties": 0}, _NULL]}, "logprobs": _NO_LOGPROBS,
+        "top_logprobs": _NO_TOP_LOGPROBS, "audio": _NULL, "functions": _NULL, "function_call": _NULL,
+        "web_search_options": _NULL, "moderation": _NULL, "tool_choice": _TOOL_CHOICE,
+        "reasoning_effort": _EFFORT,
+        "modalities": {"anyOf": [{"type": "array", "items": {"const": "text"}}, _NULL]},
+        "response_format": {"anyOf": [_NULL, {"type": "object", "required": ["type"], "properties": {
+            "type": {"enum": ["text", "json_object"]}}}, {"type": "object", "required": ["type", "json_schema"],
+                                                           "properties": {"type": {"const": "json_schema"}, "json_schema": {
+                                                               "type": "object", "properties": {"schema": {"type": "object"}}}}}]}},
+    "ChatMessage": {"role": {"enum": ["system", "developer", "user", "assistant", "tool"]}, "audio": _NULL,
+                    "function_call": _NULL,
+                    "content": {"anyOf": [{"type": "string"}, _NULL, {"type": "array", "items": {"anyOf": [
+                        {"type": "object", "required": ["type", "text"],
+                         "properties": {"type": {"const": "text"}, "text": {"type": "string"}}},
+                        {"type": "object", "required": ["type", "image_url"], "properties": {
+                            "type": {"const": "image_url"}, "image_url": {"type": "object", "required": ["url"],
+                                                                          "properties": {"url": {"type": "string", "pattern": r"^data:[^;,]*;base64,(?:[A-Za-z0-9+/]{4})*$"}}}}}]}}]}},
+    "CompletionRequest": {"keep_alive": _KEEP_ALIVE, "prompt": {"anyOf": [
+        {"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1}]},
+        "n": {"anyOf": [{"const": 1}, _NULL]}, "best_of": {"anyOf": [{"const": 1}, _NULL]},
+        "logprobs": {"anyOf": [{"const": 0}, _NULL]}, "logit_bias": {"anyOf": [
+            {"type": "object", "maxProperties": 0}, _NULL]}},
+    "EmbeddingRequest": {"keep_alive": _KEEP_ALIVE, "input": {"anyOf": [
+        {"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}},
+    "CopyRequest": {"destination": {"type": "string", "pattern": MODEL_NAME_PATTERN.replace(
+        "(@sha256[:-][0-9a-fA-F]{64})?", "")}},
+    "MessageParam": {"content": {"anyOf": [{"type": "string"}, {"type": "array", "items": {
+        "type": "object", "required": ["type", "text"],
+        "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}}]}},
+    "MessageRequest": {"keep_alive": _KEEP_ALIVE, "mcp_servers": {"anyOf": [
+        {"type": "array", "maxItems": 0}, _NULL]}, "tool_choice": {"anyOf": [_NULL, {
+            "type": "object", "required": ["type"], "properties": {"type": {"enum": ["auto", "any", "none"]}}}]}},
+    "CountTokensRequest": {"tool_choice": {"anyOf": [_NULL, {
+        "type": "object", "required": ["type"], "properties": {"type": {"enum": ["auto", "any", "none"]}}}]}},
+    "ResponseRequest": {"keep_alive": _KEEP_ALIVE, "top_logprobs": _NO_TOP_LOGPROBS,
+                        "background": {"anyOf": [{"const": False}, _NULL]},
+                        "input": {"anyOf": [{"type": "string", "minLength": 1}, {"type": "array", "minItems": 1,
+                                                                                  "items": {"type": "object", "required": ["role", "content"], "properties": {
+                                                                                      "role": {"enum": ["user", "assistant", "system", "developer"]},
+                                                                                      "content": {"type": "string"}}}}]},
+                        "tool_choice": {"anyOf": [{"enum": ["auto", "none", "required"]}, _NULL]},
+                        "tools": {"anyOf": [_NULL, {"type": "array", "items": {
+                            "type": "object", "required": ["type", "name"], "properties": {
+                                "type": {"const": "function"}, "name": {"type": "string", "minLength": 1},
+                                "parameters": {"type": "object"}}}}]}},
+    "ReasoningConfig": {"effort": _EFFORT},
+    "ToolParam": {"type": {"anyOf": [{"const": "custom"}, _NULL]}},
+}
+# Bodies where one of several fields is needed.
+ONE_OF_REQUIRED = {"CreateRequest": ["from", "files"]}
+DIGEST_PATTERN = r"^sha256[:-][0-9a-fA-F]{64}$"
+
+
 def correct(schema: dict[str, Any]) -> dict[str, Any]:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.update(ERROR_SCHEMAS)
@@ -122,6 +204,17 @@ def correct(schema: dict[str, Any]) -> dict[str, Any]:
             for parameter in operation.get("parameters", []):
                 if parameter.get("in") == "path" and parameter.get("name") in ("model", "name"):
                     parameter.setdefault("schema", {})["pattern"] = MODEL_NAME_PATTERN
+                if parameter.get("in") == "path" and parameter.get("name") == "digest":
+                    parameter.setdefault("schema", {})["pattern"] = DIGEST_PATTERN
+            if method == "head" or path.startswith(("/openai/load", "/openai/unload")) or path in (
+                    "/api/delete", "/api/copy", "/api/blobs/{digest}"):
+                for status in ("200", "201"):
+                    if status in responses:  # answered with an empty body
+                        responses[status].pop("content", None)
+                if method == "head":  # a HEAD answer never has a body
+                    responses.update({"404": {"description": "Not found"}})
+                    for response in responses.values():
+                        response.pop("content", None)
             media = STREAMING.get(path)
             ok = responses.get("200")
             if media and ok is not None:
@@ -130,6 +223,11 @@ def correct(schema: dict[str, Any]) -> dict[str, Any]:
         if name in ERROR_SCHEMAS:
             continue
         properties = component.get("properties") or {}
+        for field, enforced in ENFORCED.get(name, {}).items():
+            if field in properties:
+                properties[field] = {**enforced, "description": properties[field].get("description", "")}
+        if name in ONE_OF_REQUIRED:
+            component["anyOf"] = [{"required": [field]} for field in ONE_OF_REQUIRED[name]]
         for field in MODEL_FIELDS & set(properties):
             if properties[field].get("type") == "string" and name.endswith("Request"):
                 properties[field]["pattern"] = MODEL_NAME_PATTERN
