@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 from server_fixture import live_server, model_store  # noqa: F401
 
 SERVER_ENV = {"registry": "http://127.0.0.1:9", "keep_alive": "0"}
 NEEDS_NETWORK = r"^/(api/pull|openai/download)$"
 MAX_EXAMPLES = 4
+# What JSON Schema cannot say: an upload must hash to the digest in its path, and create needs "from" or
+# "files" (documented as anyOf, which schemathesis's coverage phase does not honour). Those two operations
+# skip only the check that schema-valid input is accepted.
+CONTENT_DEPENDENT = {("POST", "/api/blobs/{digest}"), ("POST", "/api/create")}
 
 
 def test_every_route_behaves_as_documented(live_server):
@@ -29,7 +34,8 @@ def test_every_route_behaves_as_documented(live_server):
         @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
                   derandomize=True, database=None)
         def check(case):
-            case.call_and_validate(timeout=120)
+            excluded = [positive_data_acceptance] if (case.method.upper(), case.path) in CONTENT_DEPENDENT else []
+            case.call_and_validate(timeout=120, excluded_checks=excluded)
 
         try:
             check()

@@ -226,9 +226,11 @@ def correct(schema: dict[str, Any]) -> dict[str, Any]:
         for field, enforced in ENFORCED.get(name, {}).items():
             if field in properties:
                 properties[field] = {**enforced, "description": properties[field].get("description", "")}
+        if name == "ResponseRequest":  # lokal answers something: an empty input is refused
+            component["required"] = sorted({*component.get("required", []), "input"})
         if name in ONE_OF_REQUIRED:
             component["anyOf"] = [{"required": [field]} for field in ONE_OF_REQUIRED[name]]
-        for field in MODEL_FIELDS & set(properties):
+        for field in (MODEL_FIELDS & set(properties)) - set(ENFORCED.get(name, {})):
             if properties[field].get("type") == "string" and name.endswith("Request"):
                 properties[field]["pattern"] = MODEL_NAME_PATTERN
         if "options" in properties and name.endswith(("Request", "Options")):
