@@ -97,3 +97,23 @@ def _in_own_thread(model_path: str, prompt: list[int], num_tokens: int) -> list[
 def greedy_reference():
     """``greedy_reference(model_path, prompt_tokens, num_tokens)`` → token ids (see ``_greedy_reference``)."""
     return _in_own_thread
+
+
+@pytest.fixture(scope="session")
+def onnx_store(tmp_path_factory) -> Path:
+    """A store with the bundled SmolLM2 (GGUF) and its ONNX int4 CPU conversion (`lokal convert`), made once
+    per test session: the conversion takes about a minute of CPU."""
+    pytest.importorskip("onnxruntime_genai")
+    pytest.importorskip("transformers")
+    from lokal.config import Settings
+    from lokal.convert.onnx_export import convert_to_onnx
+    from lokal.store.sources import pull
+    from lokal.store.store import Store
+
+    root = tmp_path_factory.mktemp("onnx-models")
+    store = Store(root)
+    for _ in pull(store, "smollm2", Settings(environ={"LOKAL_MODELS": str(root)})):
+        pass
+    for _ in convert_to_onnx(store, "smollm2", work_dir=tmp_path_factory.mktemp("convert")):
+        pass
+    return root

@@ -82,12 +82,13 @@ def test_ps_and_stop(cli, live_server, monkeypatch):
     listed = CliRunner().invoke(cli, ["ps"])
     assert listed.exit_code == 0, listed.output
     header, row = listed.output.splitlines()
-    assert header.split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
+    assert header.split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "ENGINE", "UNTIL"]
     assert row.startswith("smollm2:latest") and "100% CPU" in row and "1024" in row and "from now" in row
+    assert "gguf/cpu/batch" in row
     stopped = CliRunner().invoke(cli, ["stop", MODEL])
     assert stopped.exit_code == 0, stopped.output
     assert httpx.get(live_server.url + "/api/ps").json()["models"] == []
-    assert CliRunner().invoke(cli, ["ps"]).output.split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
+    assert CliRunner().invoke(cli, ["ps"]).output.split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "ENGINE", "UNTIL"]
 
 
 def test_stop_of_a_model_that_is_not_loaded_fails(cli, live_server, monkeypatch):

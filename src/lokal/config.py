@@ -1,6 +1,7 @@
 """Every setting lokal reads, declared once with its default and description.
 
-Precedence: explicit overrides (CLI flags) > LOKAL_* environment > OLLAMA_* twin > default.
+Precedence: explicit overrides (CLI flags) > LOKAL_* environment > OLLAMA_* twin > deployment config file
+(``LOKAL_CONFIG``, deploy_config.py) > default.
 This is the only module that reads ``os.environ``; everything else asks a ``Settings`` object.
 """
 
@@ -92,6 +93,14 @@ def parse_list(raw: str) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def parse_devices(raw: str) -> list[str]:
+    devices = [item.lower() for item in parse_list(raw)]
+    unknown = [d for d in devices if d not in ("cpu", "gpu", "npu")]
+    if unknown or not devices:
+        raise ValueError(f"expected devices from cpu, gpu, npu in order of preference, got {raw!r}")
+    return devices
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -128,6 +137,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LOKAL_REGISTRY", "https://registry.ollama.ai", "Ollama-protocol registry that `pull` talks to.",
             lambda raw: raw.rstrip("/"), "OLLAMA_REGISTRY"),
     Setting("LOKAL_DEBUG", "0", "Verbose logs, including llama.cpp's own output.", parse_bool, "OLLAMA_DEBUG"),
+    Setting("LOKAL_CONFIG", "", "Deployment config file (JSON or YAML, Foundry Local's shape): values below the "
+            "environment and flags.", lambda raw: Path(raw).expanduser() if raw.strip() else None),
+    Setting("LOKAL_NUM_BATCH", "512", "Most tokens one engine step computes (num_batch).", int),
+    Setting("LOKAL_OPENAI_API", "1", "Serve the OpenAI API under /v1 (0 removes it).", parse_bool),
+    Setting("LOKAL_DEVICE", "gpu,npu,cpu", "Devices in order of preference (cpu, gpu, npu): picks catalog variants "
+            "at pull and the ONNX execution provider at load.", parse_devices),
+    Setting("LOKAL_QUANTIZATION", "dynamic", "Variant `deploy` pulls: dynamic (best fit for the device) or a "
+            "quantization such as q4_k_m or int4.", lambda raw: raw.strip().lower() or "dynamic"),
+    Setting("LOKAL_PREFIX_REUSE", "1", "Reuse the KV of a cached prompt prefix (0 recomputes every prompt).",
+            parse_bool),
     Setting("LOKAL_LOG_FORMAT", "text", "Server log format: text (for people) or json (one object per line, with "
             "request ids).", parse_log_format),
     Setting("LOKAL_PRELOAD", "", "Models the server loads at start, kept loaded until a request's keep_alive "
@@ -149,6 +168,7 @@ class Settings:
         env = os.environ if environ is None else environ
         overrides = {k.upper() if k.upper().startswith("LOKAL_") else "LOKAL_" + k.upper(): v
                      for k, v in (overrides or {}).items() if v is not None}
+        file_values = _file_values(overrides.get("LOKAL_CONFIG") or env.get("LOKAL_CONFIG", ""))
         self._values: dict[str, Any] = {}
         self._raw: dict[str, str] = {}
         self._sources: dict[str, str] = {}
@@ -159,6 +179,8 @@ class Settings:
                 raw, source = env[setting.name], setting.name
             elif setting.ollama_alias and env.get(setting.ollama_alias, "") != "":
                 raw, source = env[setting.ollama_alias], setting.ollama_alias
+            elif setting.name in file_values:
+                raw, source = file_values[setting.name], "file"
             else:
                 raw, source = setting.default, "default"
             try:
@@ -200,6 +222,15 @@ class Settings:
     def rows(self) -> list[tuple[str, str, str, str]]:
         """(name, value, source, description) for `lokal config` and `serve --help`."""
         return [(s.name, self._raw[s.name], self._sources[s.name], s.description) for s in SETTINGS]
+
+
+def _file_values(path: Any) -> dict[str, str]:
+    """The LOKAL_* values a deployment config file sets (none without a file)."""
+    if not path or not str(path).strip():
+        return {}
+    from lokal.deploy_config import load
+
+    return load(Path(str(path)).expanduser()).to_settings()
 
 
 def env_flag(name: str) -> str | None:

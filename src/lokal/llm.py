@@ -54,6 +54,9 @@ class LLM:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="lokal-llm", daemon=True)
         self._thread.start()
+        from lokal.engine import set_llama_logging
+
+        set_llama_logging(bool(self.settings.debug))  # llama.cpp's load chatter only when debugging, as in the CLI
         self.runtime = Runtime(self.settings)
         if pull and not self.runtime.store.exists(model):
             from lokal.store.sources import pull as pull_model

@@ -109,15 +109,20 @@ def capabilities(details: ModelDetails, template: ChatTemplate) -> list[str]:
 
 
 def details_fields(details: ModelDetails | None) -> dict[str, Any]:
-    """GGUF details as Ollama's ``details`` object (/api/show, /api/tags, /api/ps)."""
-    return {
+    """Model details as Ollama's ``details`` object (/api/show, /api/tags, /api/ps); ONNX models add the
+    execution provider they were built for (their quantization_level is the precision, e.g. int4)."""
+    provider = details.metadata.get("onnx.execution_provider") if details else None
+    fields = {
         "parent_model": "",
-        "format": "gguf",
+        "format": "onnx" if provider else "gguf",
         "family": details.family if details else "",
         "families": (details.families or None) if details else None,
         "parameter_size": (details.parameter_size or "") if details else "",
         "quantization_level": (details.quantization_level or "") if details else "",
     }
+    if provider:
+        fields["execution_provider"] = provider
+    return fields
 
 
 def listing_details(store: Store, entry: ModelEntry) -> dict[str, Any]:
@@ -131,7 +136,8 @@ def listing_details(store: Store, entry: ModelEntry) -> dict[str, Any]:
         family = config["model_family"]
         return {"parent_model": "", "format": config.get("model_format") or "gguf", "family": family,
                 "families": config.get("model_families") or [family],
-                "parameter_size": config.get("model_type") or "", "quantization_level": config["file_type"]}
+                "parameter_size": config.get("model_type") or "", "quantization_level": config["file_type"],
+                **({"execution_provider": config["execution_provider"]} if config.get("execution_provider") else {})}
     try:
         return details_fields(read_details(store.model_path(entry)))
     except LokalError as exc:  # one broken model must not hide the others

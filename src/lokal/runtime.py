@@ -16,13 +16,16 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Callable, Iterator, Literal
 
 from lokal.config import Settings, physical_cores
-from lokal.engine import AsyncSink, Engine, EngineConfig, grammar_for
-from lokal.errors import BadRequest, InsufficientMemory, ModelLoadError, ServerBusy, UnsupportedCapability
-from lokal.hardware import available_memory, estimate_memory, process_rss
+from lokal.engine import AsyncSink, EngineConfig, grammar_for
+from lokal.engine.open import ModelEngine, open_engine
+from lokal.errors import (BadRequest, InsufficientMemory, LokalError, ModelLoadError, ServerBusy,
+                          UnsupportedCapability)
+from lokal.hardware import DeviceChoice, available_memory, choose_device, detect, estimate_memory, process_rss
 from lokal.output import output_splitter, split_events
 from lokal.prompt import build_prompt
 from lokal.store.gguf_info import ModelDetails
 from lokal.store.names import ModelName
+from lokal.store.onnx_layout import read_info as read_onnx_info
 from lokal.store.store import ModelEntry, Store
 from lokal.store.stored_model import StoredModel
 from lokal.templates import ChatTemplate
@@ -45,6 +48,10 @@ class RunningModel:
     context_length: int
     expires_at: datetime | None
     details: ModelDetails
+    format: str = "gguf"  # gguf | onnx
+    device: str = "cpu"  # where it runs, chosen from LOKAL_DEVICE (hardware.choose_device)
+    device_reason: str = ""
+    concurrency: str = "batch"  # batch: continuous batching over num_parallel slots; queue: one at a time
 
 
 # Why a model was unloaded, as a bounded word for metrics (the log line says it in full).
@@ -65,11 +72,13 @@ class ResidencyEvent:
 class LoadedModel:
     key: str
     entry: ModelEntry
-    engine: Engine
+    engine: ModelEngine  # Engine (llama.cpp) or OnnxEngine
     details: ModelDetails
     template: ChatTemplate
     config: EngineConfig
     memory: int
+    format: str = "gguf"
+    device: DeviceChoice | None = None
     num_active: int = 0
     keep_alive: float = 300.0
     expires_at: float | None = None  # wall clock; None while busy or kept forever
@@ -86,10 +95,19 @@ def _model_key(name: ModelName) -> str:
     return str(name).lower()
 
 
+OpenEngine = Callable[[Any, EngineConfig, str, Any], ModelEngine]  # (path, config, model format, device provider)
+
+
 class Runtime:
-    def __init__(self, settings: Settings, store: Store | None = None):
+    def __init__(self, settings: Settings, store: Store | None = None, *,
+                 open_engine: OpenEngine = open_engine, free_memory: Callable[[], int] = available_memory):
+        """``open_engine(path, config, model_format, provider)`` loads a model (blocking; run on a worker thread) and
+        ``free_memory()`` says how many bytes a new model may take: the real ones by default, stand-ins in
+        tests of residency decisions."""
         self.settings = settings
         self.store = store or Store(settings.models)
+        self._open_engine = open_engine
+        self._free_memory = free_memory
         self._loaded: dict[str, LoadedModel] = {}
         self._lock = asyncio.Lock()  # serializes load/unload decisions
         # Signalled (under the same lock, so no wake-up is lost) when a model goes idle or unloads.
@@ -97,6 +115,7 @@ class Runtime:
         self._num_in_flight = 0
         self.num_refused = 0  # requests refused with 503 because the queue was full (metrics)
         self._closed = False
+        self._detected_hardware: Any = None  # detected on the first load (nvidia-smi may take a moment)
         self.residency_listeners: list[Callable[[ResidencyEvent], None]] = []
 
     # ---- public API -------------------------------------------------------------------------------
@@ -133,10 +152,14 @@ class Runtime:
                               num_ctx=model.config.num_ctx, num_predict=sampling.num_predict,
                               default_system=stored.system, default_messages=stored.default_messages(),
                               bos_token=model.engine.bos_text, eos_token=model.engine.eos_text)
+        # tool_choice required / a named function: the reply is one call, forced like a format.
         forced = forced_call_schema(request.tools, request.tool_choice) if request.tools else None
-        grammar = grammar_for(forced or request.format)
+        output_format = forced or request.format
         sink = AsyncSink(asyncio.get_running_loop())
-        handle = model.engine.submit(prompt.tokens, sampling, grammar=grammar, sink=sink)
+        if model.format == "onnx":  # GenAI constrains output with its own guidance, from the schema itself
+            handle = model.engine.submit(prompt.tokens, sampling, format=output_format, sink=sink)
+        else:
+            handle = model.engine.submit(prompt.tokens, sampling, grammar=grammar_for(output_format), sink=sink)
         try:
             events: AsyncIterator[Event] = sink
             splitter = output_splitter(request, model.template, prompt.text, forced is not None)
@@ -203,7 +226,10 @@ class Runtime:
 
     async def detokenize(self, model: str, tokens: list[int], keep_alive: float | None = None) -> str:
         async with self.using(model, keep_alive=keep_alive) as loaded:
-            return loaded.engine.detokenize(tokens)
+            detokenize = getattr(loaded.engine, "detokenize", None)
+            if detokenize is None:
+                raise UnsupportedCapability(f'model "{model}" cannot detokenize (its engine has no vocabulary API)')
+            return detokenize(tokens)
 
     async def count_tokens(self, request: GenerateRequest) -> int:
         """How many tokens ``request``'s prompt is, templated as generating it would be (no truncation)."""
@@ -247,14 +273,17 @@ class Runtime:
             result.append(RunningModel(
                 name=model.entry.name.display, model=model.entry.name.display, digest=model.entry.digest,
                 size=model.memory, size_vram=0, context_length=model.config.num_ctx,
-                expires_at=expires, details=model.details))
+                expires_at=expires, details=model.details, format=model.format,
+                device=model.device.device if model.device else "cpu",
+                device_reason=model.device.reason if model.device else "",
+                concurrency=getattr(model.engine, "concurrency", "batch")))
         return result
 
-    def loaded_engine(self, model: str) -> Engine | None:
+    def loaded_engine(self, model: str) -> ModelEngine | None:
         loaded = self._loaded.get(_model_key(ModelName.parse(model)))
         return loaded.engine if loaded else None
 
-    def loaded_engines(self) -> list[tuple[str, Engine]]:
+    def loaded_engines(self) -> list[tuple[str, ModelEngine]]:
         """(model name, engine) of every loaded model, for metrics."""
         return [(model.entry.name.display, model.engine) for model in list(self._loaded.values())]
 
@@ -306,13 +335,15 @@ class Runtime:
         return EngineConfig(
             num_ctx=num_ctx,
             num_parallel=load.num_parallel or self.settings.num_parallel,
-            num_batch=load.num_batch,
+            num_batch=load.num_batch if load.num_batch != LoadOptions.num_batch else self.settings.num_batch,
             num_thread=load.num_thread or self.settings.num_thread or physical_cores(),
-            num_gpu=load.num_gpu,
+            # LOKAL_DEVICE preferring the CPU over a GPU this build could use keeps the layers on the CPU.
+            num_gpu=load.num_gpu if self._gguf_device() != "cpu" else 0,
             use_mmap=load.use_mmap,
             use_mlock=load.use_mlock,
             flash_attention=self.settings.flash_attention if load.flash_attention is None else load.flash_attention,
             prompt_cache=self.settings.prompt_cache << 20,
+            prefix_reuse=self.settings.prefix_reuse,
             kv_cache_type=self.settings.kv_cache_type,
         )
 
@@ -331,7 +362,8 @@ class Runtime:
                     await self._evict(loaded, why="load options or the model changed", cause="reload")
                     loaded = None
                 if loaded is None:
-                    memory = estimate_memory(path.stat().st_size, details.metadata,
+                    weights = entry.size if stored.format == "onnx" else path.stat().st_size
+                    memory = estimate_memory(weights, details.metadata,
                                              wanted.num_ctx * wanted.num_parallel, wanted.kv_cache_type).total
                     if await self._make_room(entry.name.display, memory):
                         started = time.perf_counter_ns()
@@ -354,28 +386,56 @@ class Runtime:
             await self._evict(idle.pop(0), cause="max_loaded",
                               why=f"LOKAL_MAX_LOADED_MODELS={self.settings.max_loaded_models}, "
                                   f"least recently used, making room for {name}")
-        while needed > available_memory():
+        while needed > self._free_memory():
             if not idle:
                 if not self._loaded:
                     raise InsufficientMemory(
                         f"model requires {needed / 1e9:.1f} GB of memory but only "
-                        f"{available_memory() / 1e9:.1f} GB is available; try a smaller num_ctx or num_parallel")
+                        f"{self._free_memory() / 1e9:.1f} GB is available; try a smaller num_ctx or num_parallel")
                 return False
             await self._evict(idle.pop(0), cause="memory", why=f"memory: {name} needs {needed / 1e9:.2f} GB, "
-                                                              f"{available_memory() / 1e9:.2f} GB available")
+                                                              f"{self._free_memory() / 1e9:.2f} GB available")
         return True
 
     async def _load(self, key: str, stored: StoredModel, config: EngineConfig, memory: int) -> LoadedModel:
         entry, path = stored.entry, stored.path
-        log.info("loading %s (num_ctx=%d, num_parallel=%d)", entry.name.display, config.num_ctx, config.num_parallel)
+        model_format = stored.format
+        device = await asyncio.to_thread(self._choose_device, entry, model_format)
+        log.info("loading %s (%s, num_ctx=%d, num_parallel=%d) on %s", entry.name.display, model_format,
+                 config.num_ctx, config.num_parallel, device.reason)
         try:
-            engine = await asyncio.to_thread(Engine, str(path), config)
+            engine = await asyncio.to_thread(self._open_engine, path, config, model_format, device.provider)
+        except LokalError:
+            raise
         except Exception as exc:  # llama.cpp reports load failures as a bare None/ValueError
             raise ModelLoadError(f'failed to load model "{entry.name.display}": {exc}') from exc
         model = LoadedModel(key=key, entry=entry, engine=engine, details=stored.details, template=stored.chat_template,
-                            config=config, memory=memory)
+                            config=config, memory=memory, format=model_format, device=device)
         self._loaded[key] = model
         return model
+
+    def _choose_device(self, entry: ModelEntry, model_format: str) -> DeviceChoice:
+        """Where the model runs: the first device of LOKAL_DEVICE this machine (and, for ONNX, the
+        provider the model was built for) can serve; the choice and its reason go to the log and `ps`."""
+        preferred, *fallback = self.settings.device
+        offered = None
+        if model_format == "onnx":
+            built_for = read_onnx_info(self.store, entry).provider
+            offered = ["cpu"] if built_for == "cpu" else ["gpu"] if built_for in ("cuda", "dml", "webgpu") \
+                else ["npu"]
+        return choose_device(self._hardware(), preferred, fallback, model_format, offered)
+
+    def _gguf_device(self) -> str:
+        preferred, *fallback = self.settings.device
+        try:
+            return choose_device(self._hardware(), preferred, fallback, "gguf").device
+        except LokalError:
+            return "cpu"
+
+    def _hardware(self) -> Any:
+        if self._detected_hardware is None:
+            self._detected_hardware = detect()
+        return self._detected_hardware
 
     def _residency(self) -> str:
         """Models loaded and process memory, the tail of every load/unload log line."""

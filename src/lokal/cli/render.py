@@ -184,6 +184,8 @@ def format_show(description: ModelDescription, verbose: bool = False) -> str:
         if value is not None:
             model_rows.append([label, _metadata_value(value)])
     model_rows.append(["quantization", details.get("quantization_level") or ""])
+    if details.get("format") == "onnx":  # GGUF is the default and goes unsaid, as in Ollama
+        model_rows += [["format", "onnx"], ["execution provider", details.get("execution_provider") or ""]]
     text = _section("Model", model_rows)
     if description.capabilities:
         text += _section("Capabilities", [[c] for c in description.capabilities])

@@ -45,9 +45,11 @@ def ps() -> None:
     with Client() as client:
         running = client.ps()["models"]
     rows = [[m["name"], m["digest"].removeprefix("sha256:")[:12], human_bytes(m["size"]),
-             processor(m["size"], m["size_vram"]), str(m.get("context_length", "")), until(m.get("expires_at"))]
+             processor(m["size"], m["size_vram"]), str(m.get("context_length", "")),
+             f'{m.get("format", "gguf")}/{m.get("device", "cpu")}/{m.get("concurrency", "batch")}',
+             until(m.get("expires_at"))]
             for m in running]
-    print(format_table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], rows), end="")
+    print(format_table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "ENGINE", "UNTIL"], rows), end="")
 
 
 def stop(model: str = typer.Argument(..., help="Model to unload.")) -> None:

@@ -56,12 +56,13 @@ class Lease:
 
 
 class SlotTable:
-    def __init__(self, num_slots: int, kv: KvOps, park_budget: int = 0):
+    def __init__(self, num_slots: int, kv: KvOps, park_budget: int = 0, reuse_prefix: bool = True):
         if num_slots < 1:
             raise ValueError("num_slots must be at least 1")
         self.slots = [Slot(i) for i in range(num_slots)]
         self.parked: list[Parked] = []
-        self.park_budget = park_budget  # bytes; 0 parks nothing: idle caches are dropped instead
+        self.park_budget = park_budget if reuse_prefix else 0  # bytes; 0 parks nothing: idle caches are dropped
+        self.reuse_prefix = reuse_prefix  # False: a prompt never reuses cached KV, it is computed in full
         self._kv = kv
         self._clock = count(1)
 
@@ -83,7 +84,7 @@ class SlotTable:
         if not free:
             return None
         # Always recompute the last prompt token: its logits are what the first sample is drawn from.
-        usable = prompt[:len(prompt) - 1]
+        usable = prompt[:len(prompt) - 1] if self.reuse_prefix else []
         best, best_prefix = free[0], -1
         for slot in free:
             prefix = common_prefix_length(slot.tokens, usable)

@@ -53,8 +53,10 @@ def create_app(runtime: Any, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) ->
                   description="Ollama and OpenAI APIs (and Foundry Local's management endpoints) over local models.")
     app.state.runtime = runtime
     app.include_router(ollama_api.router)
-    app.include_router(openai_api.router)
+    if getattr(getattr(runtime, "settings", None), "openai_api", True):  # LOKAL_OPENAI_API=0 removes /v1
+        app.include_router(openai_api.router)
     app.include_router(foundry_api.router)
+    app.include_router(foundry_api.service_router)
     app.include_router(ops_api.router)
     app.include_router(text_api.router)
     app.include_router(anthropic_api.router)

@@ -110,3 +110,49 @@ async def download(body: DownloadRequest, request: Request) -> Response:
 
     return streaming_response(lines(), "text/plain; charset=utf-8")
 
+
+
+# ---- Foundry Local 1.x service endpoints (beside the legacy /openai/* ones) ---------------------------
+
+service_router = APIRouter(tags=["foundry"])
+
+
+@service_router.get("/status")
+async def service_status(request: Request) -> dict[str, Any]:
+    """Foundry Local 1.x's service status: where it listens, the model cache and what is loaded."""
+    runtime = runtime_of(request)
+    return {"status": "running", "endpoints": [runtime.settings.base_url],
+            "modelDirPath": str(runtime.settings.models),
+            "loadedModels": [model.name for model in runtime.running()]}
+
+
+@service_router.get("/models/loaded")
+async def service_loaded(request: Request) -> list[dict[str, Any]]:
+    """Loaded models with where and how they run."""
+    return [{"name": model.name, "format": model.format, "device": model.device, "reason": model.device_reason,
+             "concurrency": model.concurrency, "contextLength": model.context_length, "size": model.size}
+            for model in runtime_of(request).running()]
+
+
+@service_router.get("/models/load/{name:path}")
+async def service_load(name: str, request: Request,
+                       ttl: float = Query(600, description="Seconds to keep it loaded; -1 = forever")
+                       ) -> dict[str, Any]:
+    await runtime_of(request).load(name, keep_alive=ttl)
+    return {"name": name, "loaded": True}
+
+
+@service_router.get("/models/unload/{name:path}")
+async def service_unload(name: str, request: Request) -> dict[str, Any]:
+    await runtime_of(request).unload(name)
+    return {"name": name, "loaded": False}
+
+
+@service_router.get("/api/hardware")
+async def hardware(request: Request) -> dict[str, Any]:
+    """This machine: CPU, ISA features, memory, GPUs, NPUs, llama.cpp backends, ONNX execution providers,
+    and the devices LOKAL_DEVICE prefers, in order."""
+    from lokal.hardware import detect
+
+    detected = await anyio.to_thread.run_sync(detect)
+    return {**detected.to_dict(), "preference": list(runtime_of(request).settings.device)}

@@ -229,7 +229,9 @@ async def running_models(request: Request) -> Response:
         models.append({"name": model.name, "model": model.model, "size": model.size, "digest": model.digest,
                        "details": details_fields(model.details),
                        "expires_at": (model.expires_at or FOREVER).isoformat(),
-                       "size_vram": model.size_vram, "context_length": model.context_length})
+                       "size_vram": model.size_vram, "context_length": model.context_length,
+                       "format": model.format, "device": model.device, "device_reason": model.device_reason,
+                       "concurrency": model.concurrency})
     return JSONResponse({"models": models})
 
 

@@ -292,6 +292,14 @@ class RunningModel(BaseModel):
     """Bytes of that in GPU memory."""
     context_length: int
     """Context length per sequence."""
+    format: str = "gguf"
+    """lokal: gguf (llama.cpp) or onnx (ONNX Runtime GenAI)."""
+    device: str = "cpu"
+    """lokal: the device chosen from LOKAL_DEVICE (cpu, gpu, npu)."""
+    device_reason: str = ""
+    """lokal: why that device (preferred, or which ones were skipped and why)."""
+    concurrency: str = "batch"
+    """lokal: batch (continuous batching over num_parallel slots) or queue (one request at a time)."""
 
 
 class ProcessResponse(BaseModel):

@@ -13,11 +13,14 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lokal.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lokal.hardware import Hardware
 
 ModelType = Literal["instruct", "base", "embedding", "reasoning"]
 
@@ -57,12 +60,41 @@ class HFSpec(_Strict):
         return f"hf.co/{self.repo}"
 
 
-SourceSpec = Annotated[Union[BundledSpec, RegistrySpec, HFSpec], Field(discriminator="kind")]
+class HFFolderSpec(_Strict):
+    """An ONNX model folder in a Hugging Face repo (Foundry Local's variants live this way)."""
+
+    kind: Literal["hf-folder"]
+    repo: str
+    folder: str  # path of the genai_config.json's folder in the repo
+    provider: str = "cpu"  # the execution provider it was built for (cpu, cuda, dml, webgpu, openvino, qnn)
+    precision: str = "int4"
+
+    @property
+    def name(self) -> str:
+        return f"hf.co/{self.repo}"
+
+
+class ConvertSpec(_Strict):
+    """Made locally by `lokal convert` from another catalog variant (needs `lokal[convert]`)."""
+
+    kind: Literal["convert"]
+    source: str  # the GGUF variant to convert, e.g. "smollm2:135m"
+    precision: str = "int4"
+    provider: str = "cpu"
+
+
+SourceSpec = Annotated[Union[BundledSpec, RegistrySpec, HFSpec, HFFolderSpec, ConvertSpec],
+                       Field(discriminator="kind")]
+ModelFormat = Literal["gguf", "onnx"]
+_GGUF_DEVICES = ("cpu", "gpu")  # llama.cpp runs a GGUF on the CPU, and offloads to a GPU its build supports
 
 
 class _VariantSpec(_Strict):
     bytes: int = Field(gt=0)
     sources: list[SourceSpec] = Field(min_length=1)
+    format: ModelFormat = "gguf"
+    devices: list[Literal["cpu", "gpu", "npu"]] | None = None  # default: cpu and gpu for GGUF
+    foundry_id: str | None = None  # Foundry Local's name for this variant, e.g. Phi-4-mini-instruct-generic-cpu
 
 
 class _SizeSpec(_Strict):
@@ -107,8 +139,8 @@ class CatalogVariant:
 
     model: str  # "phi4"
     size: str  # "mini"
-    quant: str  # "q4_k_m"
-    sources: tuple[BundledSpec | RegistrySpec | HFSpec, ...]  # first available wins
+    quant: str  # "q4_k_m", or "onnx-int4-cpu" for an ONNX variant
+    sources: tuple[BundledSpec | RegistrySpec | HFSpec | HFFolderSpec | ConvertSpec, ...]  # first available wins
     size_bytes: int
     type: ModelType
     parameters: float  # billions
@@ -116,6 +148,9 @@ class CatalogVariant:
     publisher: str
     description: str
     is_default: bool  # the quant a bare `<model>:<size>` means
+    format: str = "gguf"
+    devices: tuple[str, ...] = _GGUF_DEVICES
+    foundry_id: str | None = None
 
     @property
     def tag(self) -> str:
@@ -171,11 +206,14 @@ class Catalog:
         self._by_model: dict[str, list[CatalogEntry]] = {}
         self._aliases: dict[str, CatalogEntry] = {}
         self._registry_names: dict[str, CatalogVariant] = {}
+        self._foundry_ids: dict[str, CatalogVariant] = {}
         for entry in entries:
             self._by_model.setdefault(entry.model, []).append(entry)
             for alias in entry.aliases:
                 self._aliases[alias.lower()] = entry
             for variant in entry.variants:
+                if variant.foundry_id:
+                    self._foundry_ids[variant.foundry_id.lower()] = variant
                 for source in variant.sources:
                     if isinstance(source, RegistrySpec):
                         self._registry_names.setdefault(_strip_default_prefix(source.name.lower()), variant)
@@ -224,12 +262,26 @@ class Catalog:
             return None
         if text in self._registry_names:
             return self._registry_names[text]
+        if text in self._foundry_ids:
+            return self._foundry_ids[text]
         if text in self._aliases:
             return self._aliases[text].default
         base, tag = _split_tag(text)
         if base in self._aliases:
             return _variant(self._aliases[base], tag or "")
         return self._resolve_tag(base, tag)
+
+    def variant_for(self, name: str, hardware: Hardware, order: list[str],
+                    quantization: str = "dynamic") -> VariantChoice:
+        """The variant of catalog ``name`` to pull on ``hardware`` for the device preference ``order``."""
+        from lokal.errors import ModelNotFound
+
+        requested = self.resolve(name)
+        if requested is None:
+            raise ModelNotFound(name)
+        entry = next(e for e in self._entries if requested in e.variants)
+        is_explicit = not requested.is_default or name.strip().lower() in self._foundry_ids
+        return choose_variant(entry.variants, requested, is_explicit, hardware, order, quantization)
 
     def _resolve_tag(self, model: str, tag: str | None) -> CatalogVariant | None:
         entries = self._by_model.get(model)
@@ -248,6 +300,51 @@ class Catalog:
         return _variant(default_entry, tag) if default_entry else None  # `smollm2:q8_0`
 
 
+@dataclass(frozen=True)
+class VariantChoice:
+    variant: CatalogVariant
+    device: str
+    reason: str
+
+
+def choose_variant(entry_variants: tuple[CatalogVariant, ...], requested: CatalogVariant, is_explicit: bool,
+                   hardware: Hardware, order: list[str], quantization: str = "dynamic") -> VariantChoice:
+    """The variant to pull for this machine: the first device of ``order`` that has a variant this machine
+    can run. Within a device: the variant the name asked for if it fits, else the quantization asked for,
+    else ("dynamic") the size's default GGUF, else its first variant. Raises UnsupportedCapability saying why
+    nothing fits."""
+    from lokal.errors import UnsupportedCapability
+
+    refusals = []
+    wanted_quant = normalize_quant(quantization)
+    for device in order:
+        offered = [v for v in entry_variants if device in v.devices]
+        if not offered:
+            refusals.append(f"no {device} variant of {requested.model}:{requested.size}")
+            continue
+        runnable = [v for v in offered if hardware.can_run(device, v.format)]
+        if not runnable:
+            from lokal.hardware import _why_not
+
+            refusals.append(f"{device} variants ({', '.join(v.foundry_id or v.name for v in offered)}) cannot run "
+                            f"here: {_why_not(hardware, device, offered[0].format)}")
+            continue
+        if is_explicit and requested in runnable:
+            pick = requested
+        elif wanted_quant != "dynamic":
+            pick = next((v for v in runnable if v.quant == wanted_quant or v.quant.startswith(
+                f"onnx-{wanted_quant}-")), None)
+            if pick is None:
+                refusals.append(f"no {wanted_quant} variant for {device}")
+                continue
+        else:
+            pick = next((v for v in runnable if v.is_default), runnable[0])
+        why = "preferred device" if device == order[0] else "fallback after: " + "; ".join(refusals)
+        return VariantChoice(pick, device, f"{device} ({why}); {pick.format} {pick.quant}")
+    raise UnsupportedCapability(f"no variant of {requested.model}:{requested.size} fits this machine for "
+                                f"{' > '.join(order)}: {'; '.join(refusals)}")
+
+
 @functools.cache
 def _packaged_catalog() -> Catalog:
     return Catalog.load()
@@ -259,7 +356,8 @@ def _entry(model: _ModelSpec, size: _SizeSpec) -> CatalogEntry:
         CatalogVariant(model=model.name, size=size.size, quant=normalize_quant(quant), sources=tuple(spec.sources),
                        size_bytes=spec.bytes, type=model.type, parameters=size.parameters, license=license,
                        publisher=model.publisher, description=model.description,
-                       is_default=quant == size.default_quant)
+                       is_default=quant == size.default_quant, format=spec.format,
+                       devices=tuple(spec.devices) if spec.devices else _GGUF_DEVICES, foundry_id=spec.foundry_id)
         for quant, spec in size.variants.items())
     return CatalogEntry(model=model.name, size=size.size, parameters=size.parameters, type=model.type,
                         license=license, publisher=model.publisher, description=model.description,

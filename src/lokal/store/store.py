@@ -155,10 +155,15 @@ class Store:
         """The model called ``name`` with its weights checked present and every small layer read."""
         from lokal.store.gguf_info import read_details
 
+        from lokal.store import onnx_layout
+
         entry = self.get(name)
-        path = self.model_path(entry)
-        details = read_details(path)  # cached per file, so a request pays for the header once
-        return StoredModel(
+        if onnx_layout.is_onnx(entry):  # a folder of files: GenAI opens it, linked from the blobs
+            path, details, model_format = onnx_layout.materialize(self, entry), onnx_layout.read_details(self, entry), "onnx"
+        else:
+            path, model_format = self.model_path(entry), "gguf"
+            details = read_details(path)  # cached per file, so a request pays for the header once
+        return StoredModel(format=model_format,
             entry=entry, path=path, details=details, params=self.params(entry),
             system=self.layer_text(entry, "system"), template=self.layer_text(entry, "template"),
             license=self.layer_text(entry, "license") or details.license,

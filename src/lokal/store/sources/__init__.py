@@ -22,7 +22,7 @@ from typing import Iterator
 
 from lokal.config import Settings
 from lokal.errors import BadRequest
-from lokal.store.catalog import Catalog, CatalogVariant, HFSpec, RegistrySpec
+from lokal.store.catalog import Catalog, CatalogVariant, ConvertSpec, HFFolderSpec, HFSpec, RegistrySpec
 from lokal.store.names import ModelName
 from lokal.store.sources.base import Progress, Source, name_from_file
 from lokal.store.sources.bundled import BundledSource, is_usable
@@ -106,6 +106,15 @@ def _catalog_source(variant: CatalogVariant, settings: Settings, insecure: bool)
             return RegistrySource.for_name(ModelName.parse(spec.name), settings.registry, insecure=insecure)
         if isinstance(spec, HFSpec):
             return HFSource(spec.repo, file=spec.file)
+        if isinstance(spec, HFFolderSpec):
+            from lokal.store.sources.onnx_sources import HFFolderSource
+
+            return HFFolderSource(spec.repo, spec.folder, provider=spec.provider, precision=spec.precision,
+                                  family=variant.model, parameter_size=f"{variant.parameters:g}B")
+        if isinstance(spec, ConvertSpec):
+            from lokal.store.sources.onnx_sources import ConvertSource
+
+            return ConvertSource(spec.source, spec.precision, spec.provider)
         if is_usable(spec.package):
             return BundledSource(spec.package, model_label=variant.model)
     # Only bundled sources, none usable: constructing the first raises why (MissingPackage, …).

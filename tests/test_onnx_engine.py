@@ -1,0 +1,137 @@
+"""The ONNX engine on the bundled SmolLM2 converted by `lokal convert` (once per session), and the store's
+view of an ONNX model. Expected text comes from arithmetic (counting), not from our own earlier output."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lokal.engine import SyncSink
+from lokal.errors import BadRequest, Cancelled, ContextOverflow, ModelNotFound
+from lokal.store.store import Store
+from lokal.types import Done, SamplingOptions, Token
+
+ONNX_NAME = "smollm2:135m-onnx-int4-cpu"
+
+
+@pytest.fixture(scope="module")
+def engine(onnx_store):
+    from lokal.engine.engine import EngineConfig
+    from lokal.engine.onnx import OnnxEngine
+
+    stored = Store(onnx_store).open(ONNX_NAME)
+    with OnnxEngine(stored.path, EngineConfig(num_ctx=512, num_parallel=1)) as engine:
+        yield engine
+
+
+def run(engine, tokens, **options):
+    sink = SyncSink()
+    engine.submit(tokens, SamplingOptions(**{"temperature": 0, **options}), sink=sink)
+    events = list(sink)
+    assert isinstance(events[-1], Done)
+    return "".join(e.text for e in events if isinstance(e, Token)), events[-1]
+
+
+def test_convert_stores_one_onnx_manifest_named_like_foundry_variants(onnx_store):
+    store = Store(onnx_store)
+    entry = store.get(ONNX_NAME)
+    files = {layer.from_ for layer in entry.manifest.layers}
+    assert {"genai_config.json", "model.onnx", "tokenizer.json"} <= files
+    assert all(layer.media_type == "application/vnd.lokal.image.onnx" for layer in entry.manifest.layers)
+    stored = store.open(ONNX_NAME)
+    assert stored.format == "onnx" and (stored.path / "genai_config.json").is_file()
+    assert stored.details.quantization_level == "int4"
+    assert stored.details.metadata["onnx.execution_provider"] == "cpu"
+    assert "<|im_start|>" in (stored.details.chat_template or "")
+
+
+def test_list_and_show_give_format_provider_and_precision(onnx_store):
+    from lokal.model_info import describe, listing_details
+
+    store = Store(onnx_store)
+    details = listing_details(store, store.get(ONNX_NAME))
+    assert (details["format"], details["quantization_level"], details["execution_provider"]) == ("onnx", "int4", "cpu")
+    assert listing_details(store, store.get("smollm2"))["format"] == "gguf"
+    shown = describe(store, ONNX_NAME)
+    assert shown.details["format"] == "onnx" and shown.details["execution_provider"] == "cpu"
+    assert "completion" in shown.capabilities
+
+
+def test_greedy_counting_continues(engine):
+    text, done = run(engine, engine.tokenize("1, 2, 3, 4, 5, 6,"), num_predict=6)
+    assert text.startswith(" 7, 8,")
+    assert done.reason == "length" and done.eval_count == 6
+    assert done.prompt_eval_count == len(engine.tokenize("1, 2, 3, 4, 5, 6,"))
+    assert done.eval_duration > 0 and done.prompt_eval_duration > 0
+
+
+def test_stop_string_cuts_and_ends(engine):
+    text, done = run(engine, engine.tokenize("1, 2, 3, 4, 5, 6,"), num_predict=20, stop=[" 9"])
+    assert text == " 7, 8,"
+    assert done.reason == "stop"
+
+
+def test_json_guidance_output_parses_and_ends_at_end_of_turn(engine):
+    prompt = "<|im_start|>user\nDescribe a cat as JSON<|im_end|>\n<|im_start|>assistant\n"
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 16}}, "required": ["name"],
+              "additionalProperties": False}
+    sink = SyncSink()
+    engine.submit(engine.tokenize(prompt), SamplingOptions(temperature=0, num_predict=200), format=schema, sink=sink)
+    events = list(sink)
+    text = "".join(e.text for e in events if isinstance(e, Token))
+    assert len(json.loads(text)["name"]) <= 16
+    assert events[-1].reason == "stop" and "<|im_end|>" not in text  # the grammar ends it with end-of-turn
+
+
+def test_bad_input_is_refused_before_queueing(engine):
+    with pytest.raises(BadRequest):
+        engine.submit([], SamplingOptions(), sink=SyncSink())
+    with pytest.raises(BadRequest):
+        engine.submit([10 ** 9], SamplingOptions(), sink=SyncSink())
+    with pytest.raises(ContextOverflow):
+        engine.submit([1] * 600, SamplingOptions(), sink=SyncSink())
+    assert engine.stats().num_waiting == 0
+
+
+def test_cancel_ends_the_request_and_the_next_one_runs(engine):
+    sink = SyncSink()
+    handle = engine.submit(engine.tokenize("Once upon a time"), SamplingOptions(temperature=0, num_predict=400,
+                                                                                  ignore_eos=True), sink=sink)
+    handle.cancel()
+    with pytest.raises(Cancelled):
+        list(sink)
+    text, _ = run(engine, engine.tokenize("1, 2, 3, 4, 5, 6,"), num_predict=3)
+    assert text.startswith(" 7")
+
+
+def test_queue_serves_requests_in_turn(engine):
+    sinks = [SyncSink() for _ in range(3)]
+    prompt = engine.tokenize("1, 2, 3, 4, 5, 6,")
+    for sink in sinks:
+        engine.submit(prompt, SamplingOptions(temperature=0, num_predict=4), sink=sink)
+    texts = ["".join(e.text for e in sink if isinstance(e, Token)) for sink in sinks]
+    assert len(set(texts)) == 1 and texts[0].startswith(" 7")
+
+
+def test_converting_an_unknown_model_is_a_clear_error(onnx_store):
+    from lokal.convert.onnx_export import convert_to_onnx
+
+    with pytest.raises(ModelNotFound):
+        list(convert_to_onnx(Store(onnx_store), "no-such-model"))
+    with pytest.raises(BadRequest, match="already an ONNX model"):
+        list(convert_to_onnx(Store(onnx_store), ONNX_NAME))
+    with pytest.raises(BadRequest, match="precision"):
+        list(convert_to_onnx(Store(onnx_store), "smollm2", precision="int3"))
+
+
+def test_show_command_names_format_and_provider(onnx_store, monkeypatch):
+    from typer.testing import CliRunner
+
+    from lokal.cli import app
+
+    monkeypatch.setenv("LOKAL_MODELS", str(onnx_store))
+    monkeypatch.setenv("LOKAL_HOST", "127.0.0.1:1")
+    shown = CliRunner().invoke(app, ["show", ONNX_NAME])
+    assert shown.exit_code == 0, shown.output
+    assert "onnx" in shown.output and "execution provider" in shown.output and "int4" in shown.output
