@@ -35,7 +35,8 @@ STATUS_TEXT = {400: "Invalid request", 404: "Model or object not found", 413: "R
                499: "Client closed the connection", 500: "The model failed to load",
                503: "Busy (queue full) or shutting down", 507: "Not enough memory to load the model"}
 # ModelName's grammar (store/names.py): [host/][namespace/]model[:tag][@sha256:<hex>].
-MODEL_NAME_PATTERN = (r"^([A-Za-z0-9][A-Za-z0-9_.:-]*/){0,2}[A-Za-z0-9][A-Za-z0-9_.-]{0,79}"
+_PART = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}"
+MODEL_NAME_PATTERN = (rf"^([A-Za-z0-9][A-Za-z0-9_.:-]*/{_PART}/|{_PART}/)?{_PART}"
                       r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,79})?(@sha256[:-][0-9a-fA-F]{64})?$")
 MODEL_FIELDS = {"model", "source", "destination", "from"}
 # Routes that stream unless asked not to, and how.
