@@ -126,8 +126,7 @@ ENFORCED: dict[str, dict[str, Any]] = {
                         "images": {"anyOf": [{"type": "array", "items": {"type": "string", "pattern": _BASE64}}, _NULL]}},
     "ChatRequest": {"keep_alive": _KEEP_ALIVE, "think": _THINK, "logprobs": _NO_LOGPROBS,
                     "top_logprobs": _NO_TOP_LOGPROBS},
-    "lokal__server__ollama_types__Message": {
-        "images": {"anyOf": [{"type": "array", "items": {"type": "string", "pattern": _BASE64}}, _NULL]}},
+    "Message-Input": {"images": {"anyOf": [{"type": "array", "items": {"type": "string", "pattern": _BASE64}}, _NULL]}},
     "EmbedRequest": {"keep_alive": _KEEP_ALIVE, "input": _TEXTS},
     "EmbeddingsRequest": {"keep_alive": _KEEP_ALIVE},
     "TokenizeRequest": {"keep_alive": _KEEP_ALIVE},
