@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Callable, Iterator, Literal
 
@@ -21,6 +21,7 @@ from lokal.engine.open import ModelEngine, open_engine
 from lokal.errors import (BadRequest, InsufficientMemory, LokalError, ModelLoadError, ServerBusy,
                           UnsupportedCapability)
 from lokal.hardware import DeviceChoice, available_memory, choose_device, detect, estimate_memory, process_rss
+from lokal.output import output_splitter, split_events
 from lokal.prompt import build_prompt
 from lokal.security.integrity import check_for_load
 from lokal.store.gguf_info import ModelDetails
@@ -29,6 +30,7 @@ from lokal.store.onnx_layout import read_info as read_onnx_info
 from lokal.store.store import ModelEntry, Store
 from lokal.store.stored_model import StoredModel
 from lokal.templates import ChatTemplate
+from lokal.tool_calls import forced_call_schema
 from lokal.types import (Done, EmbedRequest, EmbedResult, Event, GenerateRequest, LoadOptions,
                          SamplingOptions, split_options)
 
@@ -151,13 +153,20 @@ class Runtime:
                               num_ctx=model.config.num_ctx, num_predict=sampling.num_predict,
                               default_system=stored.system, default_messages=stored.default_messages(),
                               bos_token=model.engine.bos_text, eos_token=model.engine.eos_text)
+        # tool_choice required / a named function: the reply is one call, forced like a format.
+        forced = forced_call_schema(request.tools, request.tool_choice) if request.tools else None
+        output_format = forced or request.format
         sink = AsyncSink(asyncio.get_running_loop())
         if model.format == "onnx":  # GenAI constrains output with its own guidance, from the schema itself
-            handle = model.engine.submit(prompt.tokens, sampling, format=request.format, sink=sink)
+            handle = model.engine.submit(prompt.tokens, sampling, format=output_format, sink=sink)
         else:
-            handle = model.engine.submit(prompt.tokens, sampling, grammar=grammar_for(request.format), sink=sink)
+            handle = model.engine.submit(prompt.tokens, sampling, grammar=grammar_for(output_format), sink=sink)
         try:
-            async for event in sink:
+            events: AsyncIterator[Event] = sink
+            splitter = output_splitter(request, model.template, prompt.text, forced is not None)
+            if splitter is not None:
+                events = split_events(sink, splitter)
+            async for event in events:
                 if isinstance(event, Done):
                     event.model = model.entry.name.display
                     event.load_duration = load_ns
@@ -195,6 +204,45 @@ class Runtime:
             vectors = [_shorten(v, request.dimensions) for v in vectors]
         return EmbedResult(embeddings=vectors, prompt_eval_count=sum(map(len, token_lists)),
                            load_duration=load_ns, total_duration=time.perf_counter_ns() - started)
+
+    @asynccontextmanager
+    async def using(self, model: str, options: dict[str, Any] | None = None,
+                    keep_alive: float | None = None) -> AsyncIterator[LoadedModel]:
+        """The loaded model (loading it if needed), held busy for the block: for work on its vocabulary
+        and template that generates nothing (tokenize, detokenize, counting a chat's tokens)."""
+        name = ModelName.parse(model)
+        stored = self.store.open(model)
+        _, load = split_options(options, *stored.options())
+        with self._queue_slot():
+            loaded, _ = await self._acquire(name, stored, load)
+            try:
+                yield loaded
+            finally:
+                self._release(loaded, self._keep_alive(keep_alive))
+
+    async def tokenize(self, model: str, text: str, keep_alive: float | None = None) -> list[int]:
+        """``text`` as the model's tokens, special-token text parsed, no BOS added (the template adds it)."""
+        async with self.using(model, keep_alive=keep_alive) as loaded:
+            return loaded.engine.tokenize(text, add_special=False, parse_special=True)
+
+    async def detokenize(self, model: str, tokens: list[int], keep_alive: float | None = None) -> str:
+        async with self.using(model, keep_alive=keep_alive) as loaded:
+            detokenize = getattr(loaded.engine, "detokenize", None)
+            if detokenize is None:
+                raise UnsupportedCapability(f'model "{model}" cannot detokenize (its engine has no vocabulary API)')
+            return detokenize(tokens)
+
+    async def count_tokens(self, request: GenerateRequest) -> int:
+        """How many tokens ``request``'s prompt is, templated as generating it would be (no truncation)."""
+        stored = self.store.open(request.model)
+        sampling, _ = split_options(request.options, *stored.options())
+        async with self.using(request.model, request.options, request.keep_alive) as loaded:
+            prompt = build_prompt(replace(request, truncate=False), template=loaded.template,
+                                  tokenize=loaded.engine.tokenize, num_ctx=1 << 30,
+                                  num_predict=sampling.num_predict, default_system=stored.system,
+                                  default_messages=stored.default_messages(), bos_token=loaded.engine.bos_text,
+                                  eos_token=loaded.engine.eos_text)
+            return len(prompt.tokens)
 
     async def load(self, model: str, keep_alive: float | None = None) -> None:
         async for _ in self.generate(GenerateRequest(model=model, keep_alive=keep_alive)):
@@ -462,5 +510,4 @@ def _shorten(vector: list[float], dimensions: int) -> list[float]:
     head = vector[:dimensions]
     norm = sum(x * x for x in head) ** 0.5
     return [x / norm for x in head] if norm else head
-
 
