@@ -102,6 +102,19 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("POST", "/v1/chat/completions"): INFER,
     ("POST", "/v1/completions"): INFER,
     ("POST", "/v1/embeddings"): INFER,
+    ("POST", "/v1/chat/completions/input_tokens"): INFER,
+    ("POST", "/v1/responses"): INFER,
+    ("GET", "/v1/responses/{response_id}"): INFER,  # stored responses hold generated text: users, not viewers
+    ("GET", "/v1/responses/{response_id}/input_items"): INFER,
+    ("DELETE", "/v1/responses/{response_id}"): INFER,
+    ("POST", "/v1/rerank"): INFER,
+    # Anthropic
+    ("POST", "/v1/messages"): INFER,
+    ("POST", "/v1/messages/count_tokens"): INFER,
+    # text utilities
+    ("POST", "/api/tokenize"): INFER,
+    ("POST", "/api/detokenize"): INFER,
+    ("POST", "/api/rerank"): INFER,
     ("GET", "/v1/models"): VIEW,
     ("GET", "/v1/models/{model:path}"): VIEW,
     # Foundry Local
