@@ -76,6 +76,9 @@ def check_deployment(deployment: dict, routes: set[str]) -> None:
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert {"/data", "/tmp"} <= mounts  # the only writable places under a read-only root
+    [pull] = spec["initContainers"]  # LOKAL_PRELOAD's models into the store before the server starts
+    assert "lokal pull" in pull["command"][-1] and "$LOKAL_PRELOAD" in pull["command"][-1]
+    assert pull["securityContext"]["readOnlyRootFilesystem"] is True
 
 
 def test_the_deployment_has_the_seeds_replicas_resources_probes_and_runs_non_root(manifests):
@@ -171,3 +174,21 @@ def test_the_dockerfile_is_multi_stage_non_root_with_a_healthcheck_on_api_health
     assert re.search(r"HEALTHCHECK .*\n\s*CMD curl -fsS http://127\.0\.0\.1:11434/api/health", text)
     assert "RUN lokal-install /opt/lokal /src" in text  # the steps tests/test_deploy_docker.py runs
     assert "LOKAL_HOST=0.0.0.0:11434" in text
+
+
+def test_the_init_container_pulls_the_preload_models_into_the_store(manifests, tmp_path):
+    """Its shell command, run here with the real CLI: the models named in LOKAL_PRELOAD land in the store."""
+    import os
+    import subprocess
+    import sys
+
+    [pull] = manifests["Deployment"]["spec"]["template"]["spec"]["initContainers"]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("LOKAL_", "OLLAMA_"))}
+    environ.update(LOKAL_PRELOAD="smollm2,smollm2:135m", LOKAL_MODELS=str(tmp_path / "models"),
+                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{environ.get('PATH', '')}")
+    done = subprocess.run(pull["command"], env=environ, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    manifests_dir = tmp_path / "models" / "manifests" / "registry.ollama.ai" / "library" / "smollm2"
+    assert sorted(p.name for p in manifests_dir.iterdir()) == ["135m", "latest"]
+    environ["LOKAL_PRELOAD"] = "smollm2,not/a/valid/name/at/all"  # refused before any network
+    assert subprocess.run(pull["command"], env=environ, capture_output=True, timeout=300).returncode != 0
