@@ -549,18 +549,36 @@ def _anonymous_mappings() -> set[tuple[int, int]]:
 
 
 def _release_zeroed_pages(before: set[tuple[int, int]]) -> int:
-    """Hand back the pages of large mappings made since ``before`` that hold only zeros; returns bytes."""
+    """Hand back the all-zero 2 MiB pieces of address ranges mapped since ``before`` (large ones only: what
+    the new context allocated; never a byte that was mapped before, which another engine may be using).
+    Returns the bytes released."""
+    old = sorted(before)
     released = 0
-    for start, end in _anonymous_mappings() - before:
-        size = end - start
-        if size < _MIN_RELEASE:
-            continue
-        view = np.frombuffer((ctypes.c_uint8 * size).from_address(start), dtype=np.uint64)
-        if view.any():  # not (only) a freshly cleared buffer: leave it alone
-            continue
-        if _libc.madvise(start, size, _MADV_DONTNEED) == 0:
-            released += size
+    piece = 2 << 20
+    for start, end in sorted(_anonymous_mappings() - before):
+        for new_start, new_end in _subtract(start, end, old):
+            new_start = -(-new_start // piece) * piece
+            if new_end - new_start < _MIN_RELEASE:
+                continue
+            for at in range(new_start, new_end - piece + 1, piece):
+                if not np.frombuffer((ctypes.c_uint8 * piece).from_address(at), dtype=np.uint64).any():
+                    if _libc.madvise(at, piece, _MADV_DONTNEED) == 0:
+                        released += piece
     return released
+
+
+def _subtract(start: int, end: int, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of [start, end) outside every range in ``ranges`` (sorted)."""
+    parts, at = [], start
+    for old_start, old_end in ranges:
+        if old_end <= at or old_start >= end:
+            continue
+        if old_start > at:
+            parts.append((at, old_start))
+        at = max(at, old_end)
+    if at < end:
+        parts.append((at, end))
+    return parts
 
 
 def _read_string(getter: Callable[[object, int, ctypes.Array, int], int], model: object, index: int) -> str:
