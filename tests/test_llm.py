@@ -81,3 +81,24 @@ def test_bad_messages_and_options_are_clear(llm):
         llm.chat([{"content": "no role"}])
     with pytest.raises(BadRequest, match="unknown option"):
         llm.generate("x", options={"temprature": 1})
+
+
+def test_in_process_use_is_quiet_unless_debugging(tmp_path):
+    """llama.cpp prints hundreds of load lines (and state_read_meta ones) to stderr by itself; a script using
+    LLM sees none of them unless LOKAL_DEBUG is set. A subprocess: this suite silences llama.cpp globally."""
+    import subprocess
+    import sys
+
+    script = ("from lokal import LLM\nfrom lokal.config import Settings\nimport sys\n"
+              "s = Settings(environ={'LOKAL_MODELS': sys.argv[1], 'LOKAL_CONTEXT_LENGTH': '256',"
+              " 'LOKAL_DEBUG': sys.argv[2]})\n"
+              "with LLM('smollm2', settings=s, temperature=0) as m:\n"
+              "    print(m.generate('1, 2, 3,', raw=True, options={'num_predict': 2}).text)\n")
+    quiet = subprocess.run([sys.executable, "-c", script, str(tmp_path), ""], capture_output=True, text=True,
+                           timeout=300)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "llama_model_loader" not in quiet.stderr and "llama_context" not in quiet.stderr, quiet.stderr[:500]
+    loud = subprocess.run([sys.executable, "-c", script, str(tmp_path), "1"], capture_output=True, text=True,
+                          timeout=300)
+    assert loud.returncode == 0, loud.stderr
+    assert "llama_model_loader" in loud.stderr

@@ -7,7 +7,7 @@ import pytest
 from lokal.engine.detok import Detokenizer
 from lokal.engine.kv import SlotTable, common_prefix_length
 from lokal.engine.scheduler import Scheduler, StepPlan
-from lokal.engine.sequence import Sequence
+from lokal.engine.request import Request
 from lokal.types import SamplingOptions
 
 
@@ -47,8 +47,8 @@ class FakeKv:
         return [call[1:] for call in self.calls if call[0] == "trim"]
 
 
-def make_seq(tokens: list[int]) -> Sequence:
-    return Sequence(tokens=list(tokens), sampling=SamplingOptions(), sink=None, sampler=None,
+def make_seq(tokens: list[int]) -> Request:
+    return Request(tokens=list(tokens), sampling=SamplingOptions(), sink=None, sampler=None,
                     detok=Detokenizer(lambda token: b""))
 
 
@@ -56,13 +56,13 @@ def make_scheduler(num_slots: int = 2, num_batch: int = 8) -> Scheduler:
     return Scheduler(SlotTable(num_slots, FakeKv()), num_batch)
 
 
-def run_plan(plan: StepPlan, next_token: int = 7) -> None:
-    """What the engine does after a decode: advance counters; sequences at their end get a token."""
-    for chunk in plan.chunks:
-        sampled = chunk.needs_sample
-        chunk.seq.num_computed = chunk.end
-        if sampled:
-            chunk.seq.tokens.append(next_token)
+def run_plan(scheduler: Scheduler, plan: StepPlan, next_token: int = 7) -> None:
+    """What the engine does after a decode: the scheduler advances its counters; requests at their end get
+    a token."""
+    sampled = [chunk for chunk in plan.chunks if chunk.needs_sample]
+    scheduler.update(plan)
+    for chunk in sampled:
+        chunk.request.tokens.append(next_token)
 
 
 def test_a_lone_short_prompt_is_prefilled_in_one_step_then_decoded_one_token_at_a_time():
@@ -71,7 +71,7 @@ def test_a_lone_short_prompt_is_prefilled_in_one_step_then_decoded_one_token_at_
     scheduler.add(seq)
     plan = scheduler.plan()
     assert [(c.start, c.end, c.needs_sample, c.is_prefill) for c in plan.chunks] == [(0, 3, True, True)]
-    run_plan(plan)
+    run_plan(scheduler, plan)
     plan = scheduler.plan()
     assert [(c.start, c.end, c.needs_sample, c.is_prefill) for c in plan.chunks] == [(3, 4, True, False)]
 
@@ -85,7 +85,7 @@ def test_the_token_budget_is_respected_and_a_long_prompt_is_chunked():
         plan = scheduler.plan()
         assert plan.num_tokens <= 8
         spans += [(c.start, c.end, c.needs_sample) for c in plan.chunks]
-        run_plan(plan)
+        run_plan(scheduler, plan)
     assert spans == [(0, 8, False), (8, 16, False), (16, 20, True)]
 
 
@@ -94,19 +94,19 @@ def test_chunked_prefill_interleaves_with_decoding_streams():
     first, second = make_seq([1, 2]), make_seq([3, 4])
     scheduler.add(first)
     scheduler.add(second)
-    run_plan(scheduler.plan())  # both prompts fit: both now generating
+    run_plan(scheduler, scheduler.plan())  # both prompts fit: both now generating
     long_prompt = make_seq(list(range(100, 120)))
     scheduler.add(long_prompt)
     steps_while_prefilling = 0
     while long_prompt.is_prefilling:
         plan = scheduler.plan()
         assert plan.num_tokens <= 6
-        by_seq = {id(c.seq): c for c in plan.chunks}
+        by_seq = {id(c.request): c for c in plan.chunks}
         # every step still advances each running stream by exactly one token
         assert by_seq[id(first)].num_tokens == 1 and by_seq[id(second)].num_tokens == 1
         assert by_seq[id(long_prompt)].num_tokens <= 4
-        assert plan.chunks[-1].seq is long_prompt  # decodes first, prefill fills the rest of the budget
-        run_plan(plan)
+        assert plan.chunks[-1].request is long_prompt  # decodes first, prefill fills the rest of the budget
+        run_plan(scheduler, plan)
         steps_while_prefilling += 1
     assert steps_while_prefilling == 5  # 20 prompt tokens, 4 per step next to two decodes
 
@@ -117,13 +117,13 @@ def test_admission_is_fifo_and_waits_for_a_free_slot():
     for seq in seqs:
         scheduler.add(seq)
     plan = scheduler.plan()
-    assert [c.seq for c in plan.chunks] == seqs[:2]
+    assert [c.request for c in plan.chunks] == seqs[:2]
     assert list(scheduler.waiting) == seqs[2:]
-    run_plan(plan)
+    run_plan(scheduler, plan)
     scheduler.finish(seqs[1])  # a slot frees: the oldest waiting request gets it, not a later one
     plan = scheduler.plan()
     assert seqs[2].slot is not None and seqs[3].slot is None
-    assert [c.seq for c in plan.chunks] == [seqs[0], seqs[2]]
+    assert [c.request for c in plan.chunks] == [seqs[0], seqs[2]]
 
 
 def test_a_cancelled_waiting_request_leaves_the_queue():
@@ -143,13 +143,13 @@ def test_a_budget_of_one_token_per_slot_never_starves_a_prompt():
     streams = [make_seq([1]), make_seq([2])]
     for seq in streams:
         scheduler.add(seq)
-    run_plan(scheduler.plan())
+    run_plan(scheduler, scheduler.plan())
     late = make_seq([5, 6, 7])
     scheduler.add(late)
     for _ in range(3):  # two decodes and one prompt token per step
         plan = scheduler.plan()
-        assert plan.num_tokens == 3 and plan.chunks[-1].seq is late
-        run_plan(plan)
+        assert plan.num_tokens == 3 and plan.chunks[-1].request is late
+        run_plan(scheduler, plan)
     assert not late.is_prefilling and late.num_tokens == 4
 
 

@@ -169,9 +169,9 @@ class _Endpoints:
     def chat(self, model: str, messages: list[dict[str, Any]] | None = None, *,
              tools: list[dict[str, Any]] | None = None, format: str | dict[str, Any] | None = None,
              options: dict[str, Any] | None = None, keep_alive: float | str | None = None,
-             stream: bool = False) -> Any:
+             stream: bool = False, think: bool | str | None = None) -> Any:
         body = _fields(model=model, messages=[_message(m) for m in messages or []], tools=tools, format=format,
-                       options=options, keep_alive=keep_alive, stream=stream)
+                       options=options, keep_alive=keep_alive, stream=stream, think=think)
         return self._send(_Call("POST", "/api/chat", body, stream="ndjson" if stream else None))
 
     def embed(self, model: str, input: str | list[str], *, truncate: bool | None = None,

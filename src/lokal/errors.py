@@ -30,6 +30,12 @@ class InvalidDigest(BadRequest):
     pass
 
 
+class NotFound(LokalError):
+    """Something other than a model that the request names does not exist (e.g. a stored response)."""
+
+    status = 404
+
+
 class ModelNotFound(LokalError):
     status = 404
 

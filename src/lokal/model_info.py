@@ -93,15 +93,18 @@ def describe_stored(model: StoredModel) -> ModelDescription:
 
 
 def capabilities(details: ModelDetails, template: ChatTemplate) -> list[str]:
-    """Ollama's ``capabilities``: completion or embedding, plus tools and insert (fill-in-the-middle) when
-    the template requests are rendered with handles them."""
+    """Ollama's ``capabilities``: completion or embedding, plus tools, insert (fill-in-the-middle) and
+    thinking when the template requests are rendered with handles them (tools also through a built-in
+    template for the model's family, tool_templates.py)."""
     if is_embedding_model(details):
         return ["embedding"]
     found = ["completion"]
-    if template.mentions_tools:
+    if template.supports_tools:
         found.append("tools")
     if template.supports_suffix:
         found.append("insert")
+    if template.supports_thinking:
+        found.append("thinking")
     return found
 
 

@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Callable, Iterator, Literal
 
 from lokal.config import Settings, physical_cores
-from lokal.engine import AsyncSink, Engine, EngineConfig, grammar_for
+from lokal.engine import AsyncSink, EngineConfig, grammar_for
+from lokal.engine.open import ModelEngine, open_engine
 from lokal.errors import (BadRequest, InsufficientMemory, LokalError, ModelLoadError, ServerBusy,
                           UnsupportedCapability)
 from lokal.hardware import DeviceChoice, available_memory, choose_device, detect, estimate_memory, process_rss
+from lokal.output import output_splitter, split_events
 from lokal.prompt import build_prompt
 from lokal.store.gguf_info import ModelDetails
 from lokal.store.names import ModelName
@@ -27,6 +29,7 @@ from lokal.store.onnx_layout import read_info as read_onnx_info
 from lokal.store.store import ModelEntry, Store
 from lokal.store.stored_model import StoredModel
 from lokal.templates import ChatTemplate
+from lokal.tool_calls import forced_call_schema
 from lokal.types import (Done, EmbedRequest, EmbedResult, Event, GenerateRequest, LoadOptions,
                          SamplingOptions, split_options)
 
@@ -69,7 +72,7 @@ class ResidencyEvent:
 class LoadedModel:
     key: str
     entry: ModelEntry
-    engine: Any  # Engine (llama.cpp) or OnnxEngine
+    engine: ModelEngine  # Engine (llama.cpp) or OnnxEngine
     details: ModelDetails
     template: ChatTemplate
     config: EngineConfig
@@ -92,10 +95,19 @@ def _model_key(name: ModelName) -> str:
     return str(name).lower()
 
 
+OpenEngine = Callable[[Any, EngineConfig, str, Any], ModelEngine]  # (path, config, model format, device provider)
+
+
 class Runtime:
-    def __init__(self, settings: Settings, store: Store | None = None):
+    def __init__(self, settings: Settings, store: Store | None = None, *,
+                 open_engine: OpenEngine = open_engine, free_memory: Callable[[], int] = available_memory):
+        """``open_engine(path, config, model_format, provider)`` loads a model (blocking; run on a worker thread) and
+        ``free_memory()`` says how many bytes a new model may take: the real ones by default, stand-ins in
+        tests of residency decisions."""
         self.settings = settings
         self.store = store or Store(settings.models)
+        self._open_engine = open_engine
+        self._free_memory = free_memory
         self._loaded: dict[str, LoadedModel] = {}
         self._lock = asyncio.Lock()  # serializes load/unload decisions
         # Signalled (under the same lock, so no wake-up is lost) when a model goes idle or unloads.
@@ -140,13 +152,20 @@ class Runtime:
                               num_ctx=model.config.num_ctx, num_predict=sampling.num_predict,
                               default_system=stored.system, default_messages=stored.default_messages(),
                               bos_token=model.engine.bos_text, eos_token=model.engine.eos_text)
+        # tool_choice required / a named function: the reply is one call, forced like a format.
+        forced = forced_call_schema(request.tools, request.tool_choice) if request.tools else None
+        output_format = forced or request.format
         sink = AsyncSink(asyncio.get_running_loop())
         if model.format == "onnx":  # GenAI constrains output with its own guidance, from the schema itself
-            handle = model.engine.submit(prompt.tokens, sampling, format=request.format, sink=sink)
+            handle = model.engine.submit(prompt.tokens, sampling, format=output_format, sink=sink)
         else:
-            handle = model.engine.submit(prompt.tokens, sampling, grammar=grammar_for(request.format), sink=sink)
+            handle = model.engine.submit(prompt.tokens, sampling, grammar=grammar_for(output_format), sink=sink)
         try:
-            async for event in sink:
+            events: AsyncIterator[Event] = sink
+            splitter = output_splitter(request, model.template, prompt.text, forced is not None)
+            if splitter is not None:
+                events = split_events(sink, splitter)
+            async for event in events:
                 if isinstance(event, Done):
                     event.model = model.entry.name.display
                     event.load_duration = load_ns
@@ -185,6 +204,45 @@ class Runtime:
         return EmbedResult(embeddings=vectors, prompt_eval_count=sum(map(len, token_lists)),
                            load_duration=load_ns, total_duration=time.perf_counter_ns() - started)
 
+    @asynccontextmanager
+    async def using(self, model: str, options: dict[str, Any] | None = None,
+                    keep_alive: float | None = None) -> AsyncIterator[LoadedModel]:
+        """The loaded model (loading it if needed), held busy for the block: for work on its vocabulary
+        and template that generates nothing (tokenize, detokenize, counting a chat's tokens)."""
+        name = ModelName.parse(model)
+        stored = self.store.open(model)
+        _, load = split_options(options, *stored.options())
+        with self._queue_slot():
+            loaded, _ = await self._acquire(name, stored, load)
+            try:
+                yield loaded
+            finally:
+                self._release(loaded, self._keep_alive(keep_alive))
+
+    async def tokenize(self, model: str, text: str, keep_alive: float | None = None) -> list[int]:
+        """``text`` as the model's tokens, special-token text parsed, no BOS added (the template adds it)."""
+        async with self.using(model, keep_alive=keep_alive) as loaded:
+            return loaded.engine.tokenize(text, add_special=False, parse_special=True)
+
+    async def detokenize(self, model: str, tokens: list[int], keep_alive: float | None = None) -> str:
+        async with self.using(model, keep_alive=keep_alive) as loaded:
+            detokenize = getattr(loaded.engine, "detokenize", None)
+            if detokenize is None:
+                raise UnsupportedCapability(f'model "{model}" cannot detokenize (its engine has no vocabulary API)')
+            return detokenize(tokens)
+
+    async def count_tokens(self, request: GenerateRequest) -> int:
+        """How many tokens ``request``'s prompt is, templated as generating it would be (no truncation)."""
+        stored = self.store.open(request.model)
+        sampling, _ = split_options(request.options, *stored.options())
+        async with self.using(request.model, request.options, request.keep_alive) as loaded:
+            prompt = build_prompt(replace(request, truncate=False), template=loaded.template,
+                                  tokenize=loaded.engine.tokenize, num_ctx=1 << 30,
+                                  num_predict=sampling.num_predict, default_system=stored.system,
+                                  default_messages=stored.default_messages(), bos_token=loaded.engine.bos_text,
+                                  eos_token=loaded.engine.eos_text)
+            return len(prompt.tokens)
+
     async def load(self, model: str, keep_alive: float | None = None) -> None:
         async for _ in self.generate(GenerateRequest(model=model, keep_alive=keep_alive)):
             pass
@@ -221,11 +279,11 @@ class Runtime:
                 concurrency=getattr(model.engine, "concurrency", "batch")))
         return result
 
-    def loaded_engine(self, model: str) -> Engine | None:
+    def loaded_engine(self, model: str) -> ModelEngine | None:
         loaded = self._loaded.get(_model_key(ModelName.parse(model)))
         return loaded.engine if loaded else None
 
-    def loaded_engines(self) -> list[tuple[str, Engine]]:
+    def loaded_engines(self) -> list[tuple[str, ModelEngine]]:
         """(model name, engine) of every loaded model, for metrics."""
         return [(model.entry.name.display, model.engine) for model in list(self._loaded.values())]
 
@@ -328,15 +386,15 @@ class Runtime:
             await self._evict(idle.pop(0), cause="max_loaded",
                               why=f"LOKAL_MAX_LOADED_MODELS={self.settings.max_loaded_models}, "
                                   f"least recently used, making room for {name}")
-        while needed > available_memory():
+        while needed > self._free_memory():
             if not idle:
                 if not self._loaded:
                     raise InsufficientMemory(
                         f"model requires {needed / 1e9:.1f} GB of memory but only "
-                        f"{available_memory() / 1e9:.1f} GB is available; try a smaller num_ctx or num_parallel")
+                        f"{self._free_memory() / 1e9:.1f} GB is available; try a smaller num_ctx or num_parallel")
                 return False
             await self._evict(idle.pop(0), cause="memory", why=f"memory: {name} needs {needed / 1e9:.2f} GB, "
-                                                              f"{available_memory() / 1e9:.2f} GB available")
+                                                              f"{self._free_memory() / 1e9:.2f} GB available")
         return True
 
     async def _load(self, key: str, stored: StoredModel, config: EngineConfig, memory: int) -> LoadedModel:
@@ -346,12 +404,7 @@ class Runtime:
         log.info("loading %s (%s, num_ctx=%d, num_parallel=%d) on %s", entry.name.display, model_format,
                  config.num_ctx, config.num_parallel, device.reason)
         try:
-            if model_format == "onnx":
-                from lokal.engine.onnx import OnnxEngine
-
-                engine: Any = await asyncio.to_thread(OnnxEngine, path, config, device.provider)
-            else:
-                engine = await asyncio.to_thread(Engine, str(path), config)
+            engine = await asyncio.to_thread(self._open_engine, path, config, model_format, device.provider)
         except LokalError:
             raise
         except Exception as exc:  # llama.cpp reports load failures as a bare None/ValueError
@@ -449,5 +502,4 @@ def _shorten(vector: list[float], dimensions: int) -> list[float]:
     head = vector[:dimensions]
     norm = sum(x * x for x in head) ** 0.5
     return [x / norm for x in head] if norm else head
-
 

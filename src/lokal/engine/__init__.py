@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from lokal.engine.engine import Engine, EngineConfig, EngineStats, Handle
+from lokal.engine.config import EngineConfig
+from lokal.engine.engine import Engine, EngineStats, Handle
 from lokal.engine.grammar import grammar_for
 from lokal.engine.llamacpp import set_llama_logging
 from lokal.engine.stream import AsyncSink, Sink, SyncSink

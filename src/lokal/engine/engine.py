@@ -17,57 +17,23 @@ from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 from lokal.engine.detok import Detokenizer
+from lokal.engine.config import EngineConfig
 from lokal.engine.kv import SlotTable
 from lokal.engine.llamacpp import Runner
 from lokal.engine.scheduler import Scheduler
-from lokal.engine.sequence import Sequence as Request
+from lokal.engine.request import Request
 from lokal.engine.stream import Sink
 from lokal.errors import (
     BadRequest,
     Cancelled,
-    ConfigError,
     ContextOverflow,
     LokalError,
     ServerBusy,
     UnsupportedCapability,
 )
-from lokal.hardware import KV_CACHE_TYPES
 from lokal.types import Done, DoneReason, Event, SamplingOptions, Token
 
 log = logging.getLogger("lokal.engine")
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    num_ctx: int = 4096  # tokens per sequence
-    num_parallel: int = 4  # sequences decoded together (slots)
-    num_batch: int = 512  # most tokens one step computes
-    num_thread: int | None = None  # None: physical cores
-    num_gpu: int = -1  # layers to offload; -1 all
-    use_mmap: bool = True
-    use_mlock: bool = False
-    flash_attention: bool = False  # where llama.cpp supports it for the model; see README for the trade-off
-    kv_cache_type: str = "f16"  # a key of lokal.hardware.KV_CACHE_TYPES
-    embedding: bool = False  # embedding-only use: no generation context at all
-    prompt_cache: int = 512 << 20  # bytes of idle slots' KV parked in host memory for prefix reuse (kv.py)
-    prefix_reuse: bool = True  # False: every prompt is computed in full (LOKAL_PREFIX_REUSE=0)
-
-    def __post_init__(self) -> None:
-        if self.num_ctx < 16:
-            raise ConfigError("num_ctx must be at least 16")
-        if self.num_parallel < 1:
-            raise ConfigError("num_parallel must be at least 1")
-        if self.kv_cache_type not in KV_CACHE_TYPES:
-            raise ConfigError(f"kv_cache_type must be one of {', '.join(KV_CACHE_TYPES)}")
-        if self.prompt_cache < 0:
-            raise ConfigError("prompt_cache must be 0 or more bytes")
-        if self.num_batch < 1:
-            raise ConfigError("num_batch must be at least 1")
-
-    @property
-    def batch_size(self) -> int:
-        """Tokens one step may compute: num_batch, but at least one per slot so that no stream starves."""
-        return max(self.num_batch, self.num_parallel)
 
 
 @dataclass(frozen=True)
@@ -238,7 +204,7 @@ class Engine:
         slots = scheduler.slots
         num_busy = slots.num_busy
         running = list(scheduler.running)
-        num_used = (sum(seq.num_computed for seq in running)
+        num_used = (sum(request.num_computed for request in running)
                     + sum(len(slot.tokens) for slot in list(slots.slots) if not slot.is_busy))
         return EngineStats(num_slots=len(slots.slots), num_busy=num_busy, num_free=len(slots.slots) - num_busy,
                            num_waiting=len(scheduler.waiting) + len(self._inbox),
@@ -334,14 +300,14 @@ class Engine:
             sampled = runner.decode(plan.chunks)
         except LokalError as exc:
             for chunk in plan.chunks:
-                chunk.seq.num_computed = 0  # the KV state of a failed decode is unknown: drop the slot's cache
-                self._end(chunk.seq, error=exc)
+                chunk.request.num_computed = 0  # the KV state of a failed decode is unknown: drop the slot's cache
+                self._end(chunk.request, error=exc)
             return
         elapsed = time.perf_counter_ns() - started
+        self._scheduler.update(plan)
         next_sampled = iter(sampled)
         for chunk in plan.chunks:
-            request = chunk.seq
-            request.num_computed = chunk.end
+            request = chunk.request
             if chunk.is_prefill:
                 request.prompt_eval_ns += elapsed
             else:

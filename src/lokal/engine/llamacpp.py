@@ -25,8 +25,8 @@ from lokal.errors import BadRequest, LokalError, ModelLoadError
 from lokal.types import SamplingOptions
 
 if TYPE_CHECKING:
-    from lokal.engine.engine import EngineConfig
-    from lokal.engine.scheduler import Chunk
+    from lokal.engine.config import EngineConfig
+    from lokal.engine.request import Chunk
 
 EMBED_SEQS_PER_BATCH = 8
 _MIN_EMBED_CONTEXT = 512
@@ -304,7 +304,7 @@ class Runner:
         return params
 
     def decode(self, chunks: Sequence[Chunk]) -> list[int]:
-        """Compute one step's chunks in one llama_decode; sample the chunks that reach their sequence's
+        """Compute one step's chunks in one llama_decode; sample the chunks that reach their request's
         last token (in plan order) and return those tokens. llama_sampler_sample also accepts the token."""
         if self._ctx is None:
             raise LokalError("this model is loaded for embeddings only")
@@ -313,17 +313,17 @@ class Runner:
         to_sample: list[tuple[Sampler, int]] = []
         n = 0
         for chunk in chunks:
-            seq = chunk.seq
+            request = chunk.request
             end = n + chunk.end - chunk.start
-            tokens[n:end] = seq.tokens[chunk.start:chunk.end]
+            tokens[n:end] = request.tokens[chunk.start:chunk.end]
             positions[n:end] = range(chunk.start, chunk.end)
             logits[n:end] = self._no_logits[:end - n]
-            slot = seq.slot
+            slot = request.slot
             for i in range(n, end):
                 seq_ids[i][0] = slot
             if chunk.needs_sample:
                 logits[end - 1] = 1
-                to_sample.append((seq.sampler, end - 1))
+                to_sample.append((request.sampler, end - 1))
             n = end
         self._batch.n_tokens = n
         status = llama.llama_decode(self._ctx, self._batch)

@@ -1,9 +1,10 @@
 """Which tokens each engine step computes. Pure Python: it decides from counters and returns data.
 
-Every step: one token for each sequence that is generating, then prefill chunks of admitted sequences, in
+Every step: one token for each request that is generating, then prefill chunks of admitted requests, in
 admission order, within the ``num_batch`` token budget. A long prompt therefore never holds running
-streams back for more than one chunk. Waiting requests are admitted first-come first-served when a slot is
-free; the slot table picks the slot (prefix reuse) and says how much of the prompt is already computed.
+streams back for more than one chunk. After the step, ``update(plan)`` records what it computed. Waiting
+requests are admitted first-come first-served when a slot is free; the slot table picks the slot (prefix
+reuse) and says how much of the prompt is already computed.
 """
 
 from __future__ import annotations
@@ -12,29 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from lokal.engine.kv import SlotTable
-from lokal.engine.sequence import Sequence
-
-
-@dataclass(slots=True)
-class Chunk:
-    """Tokens ``seq.tokens[start:end]`` at positions ``start..end-1`` of the sequence's slot."""
-
-    seq: Sequence
-    start: int
-    end: int
-
-    @property
-    def num_tokens(self) -> int:
-        return self.end - self.start
-
-    @property
-    def needs_sample(self) -> bool:
-        """It reaches the sequence's last known token, whose logits give the next token."""
-        return self.end == len(self.seq.tokens)
-
-    @property
-    def is_prefill(self) -> bool:
-        return self.start < self.seq.num_prompt_tokens
+from lokal.engine.request import Chunk, Request
 
 
 @dataclass
@@ -53,51 +32,56 @@ class Scheduler:
             raise ValueError("num_batch must be at least the number of slots")
         self.slots = slots
         self.num_batch = num_batch
-        self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []  # in admission order
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # in admission order
         self.num_reused_tokens = 0  # prompt tokens prefix reuse saved, all requests together (metrics)
 
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def add(self, seq: Sequence) -> None:
-        self.waiting.append(seq)
+    def add(self, request: Request) -> None:
+        self.waiting.append(request)
 
     def plan(self) -> StepPlan:
         self._admit()
         budget = self.num_batch
         chunks: list[Chunk] = []
-        for seq in self.running:  # generating sequences first: one token each
-            if not seq.is_prefilling and budget > 0:
-                chunks.append(Chunk(seq, seq.num_computed, seq.num_computed + 1))
+        for request in self.running:  # generating requests first: one token each
+            if not request.is_prefilling and budget > 0:
+                chunks.append(Chunk(request, request.num_computed, request.num_computed + 1))
                 budget -= 1
-        for seq in self.running:  # then prompts, oldest first, as much as the budget allows
-            if seq.is_prefilling and budget > 0:
-                size = min(seq.num_uncomputed, budget)
-                chunks.append(Chunk(seq, seq.num_computed, seq.num_computed + size))
+        for request in self.running:  # then prompts, oldest first, as much as the budget allows
+            if request.is_prefilling and budget > 0:
+                size = min(request.num_uncomputed, budget)
+                chunks.append(Chunk(request, request.num_computed, request.num_computed + size))
                 budget -= size
         return StepPlan(chunks)
 
-    def finish(self, seq: Sequence) -> None:
-        """Take a sequence out (done, cancelled or failed); its slot keeps the KV it computed."""
-        if seq.slot is None:
+    def update(self, plan: StepPlan) -> None:
+        """Record that a step computed ``plan``: each chunk's tokens now have their KV in the slot."""
+        for chunk in plan.chunks:
+            chunk.request.num_computed = chunk.end
+
+    def finish(self, request: Request) -> None:
+        """Take a request out (done, cancelled or failed); its slot keeps the KV it computed."""
+        if request.slot is None:
             try:
-                self.waiting.remove(seq)
+                self.waiting.remove(request)
             except ValueError:
                 pass
             return
-        self.running.remove(seq)
-        self.slots.release(seq.slot, seq.tokens[:seq.num_computed])
-        seq.slot = None
+        self.running.remove(request)
+        self.slots.release(request.slot, request.tokens[:request.num_computed])
+        request.slot = None
 
     def _admit(self) -> None:
         while self.waiting:
             lease = self.slots.acquire(self.waiting[0].tokens)
             if lease is None:
                 return
-            seq = self.waiting.popleft()
-            seq.slot = lease.slot
-            seq.num_computed = seq.num_reused = lease.num_reused
+            request = self.waiting.popleft()
+            request.slot = lease.slot
+            request.num_computed = request.num_reused = lease.num_reused
             self.num_reused_tokens += lease.num_reused
-            self.running.append(seq)
+            self.running.append(request)

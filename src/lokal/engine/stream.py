@@ -12,16 +12,19 @@ from __future__ import annotations
 import asyncio
 import queue
 from collections import deque
-from typing import TYPE_CHECKING, Iterator, Protocol
+from typing import Iterator, Protocol
 
 from lokal.types import Done, Event
 
-if TYPE_CHECKING:
-    from lokal.engine.engine import Handle
+
+class Cancellable(Protocol):
+    """What a sink is attached to: the request it receives events for (the engine's ``Handle``)."""
+
+    def cancel(self) -> None: ...
 
 
 class Sink(Protocol):
-    def attach(self, handle: Handle) -> None: ...
+    def attach(self, handle: Cancellable) -> None: ...
 
     def push(self, events: list[Event]) -> None: ...
 
@@ -29,9 +32,9 @@ class Sink(Protocol):
 
 
 class _HandleHolder:
-    _handle: Handle | None = None
+    _handle: Cancellable | None = None
 
-    def attach(self, handle: Handle) -> None:
+    def attach(self, handle: Cancellable) -> None:
         self._handle = handle
 
     def _cancel(self) -> None:

@@ -18,7 +18,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lokal import __version__
 from lokal.errors import LokalError, ServerBusy
-from lokal.server import foundry_api, ollama_api, openai_api, ops_api
+from lokal.server import (anthropic_api, anthropic_types, foundry_api, ollama_api, openai_api, openapi, ops_api,
+                          responses_api, text_api)
 from lokal.server.access import AccessMiddleware, note_route
 from lokal.server.metrics import Metrics
 from lokal.server.openai_types import error_body
@@ -57,6 +58,10 @@ def create_app(runtime: Any, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) ->
     app.include_router(foundry_api.router)
     app.include_router(foundry_api.service_router)
     app.include_router(ops_api.router)
+    app.include_router(text_api.router)
+    app.include_router(anthropic_api.router)
+    app.include_router(responses_api.router)
+    openapi.install(app)
 
     app.add_exception_handler(LokalError, _lokal_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -83,7 +88,12 @@ def is_openai_path(request: Request) -> bool:
 
 def error_response(request: Request, status: int, message: str, headers: dict[str, str] | None = None,
                    code: str | None = None) -> Response:
-    body = error_body(status, message, code=code) if is_openai_path(request) else {"error": message}
+    if request.url.path.startswith("/v1/messages"):
+        body = anthropic_types.error_body(status, message)
+    elif is_openai_path(request):
+        body = error_body(status, message, code=code)
+    else:
+        body = {"error": message}
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers)
     return JSONResponse(body, status_code=status, headers=headers)

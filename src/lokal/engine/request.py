@@ -1,4 +1,5 @@
-"""One request's state inside the engine: its tokens, how many are computed, its sampler and its stats."""
+"""One request's state inside the engine (its tokens, how many are computed, its sampler and its stats), and
+a ``Chunk``: the run of a request's tokens that one engine step computes."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ _request_ids = count(1)
 
 
 @dataclass(eq=False)
-class Sequence:
+class Request:
     tokens: list[int]  # prompt, then every generated token except an end-of-generation one
     sampling: SamplingOptions
     sink: Sink
@@ -56,3 +57,25 @@ class Sequence:
     def num_prompt_evaluated(self) -> int:
         """Prompt tokens actually computed for this request (Ollama's prompt_eval_count)."""
         return self.num_prompt_tokens - self.num_reused
+
+
+@dataclass(slots=True)
+class Chunk:
+    """Tokens ``request.tokens[start:end]`` at positions ``start..end-1`` of the request's slot."""
+
+    request: Request
+    start: int
+    end: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.end - self.start
+
+    @property
+    def needs_sample(self) -> bool:
+        """It reaches the request's last known token, whose logits give the next token."""
+        return self.end == len(self.request.tokens)
+
+    @property
+    def is_prefill(self) -> bool:
+        return self.start < self.request.num_prompt_tokens
