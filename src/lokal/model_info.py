@@ -129,8 +129,8 @@ def listing_details(store: Store, entry: ModelEntry) -> dict[str, Any]:
     """The ``details`` of one /api/tags entry (and `lokal list --json`). Like Ollama, read from the
     manifest's config blob, which is cheap; models whose config lacks them fall back to the GGUF header."""
     try:
-        config = json.loads(store.blobs.path(entry.manifest.config.digest).read_bytes())
-    except (OSError, ValueError):
+        config = json.loads(store.blobs.read_bytes(entry.manifest.config.digest))
+    except (OSError, ValueError, LokalError):
         config = {}
     if isinstance(config, dict) and config.get("model_family") and config.get("file_type"):
         family = config["model_family"]

@@ -23,6 +23,7 @@ from lokal.errors import (BadRequest, InsufficientMemory, LokalError, ModelLoadE
 from lokal.hardware import DeviceChoice, available_memory, choose_device, detect, estimate_memory, process_rss
 from lokal.output import output_splitter, split_events
 from lokal.prompt import build_prompt
+from lokal.security.integrity import check_for_load
 from lokal.store.gguf_info import ModelDetails
 from lokal.store.names import ModelName
 from lokal.store.onnx_layout import read_info as read_onnx_info
@@ -105,7 +106,7 @@ class Runtime:
         ``free_memory()`` says how many bytes a new model may take: the real ones by default, stand-ins in
         tests of residency decisions."""
         self.settings = settings
-        self.store = store or Store(settings.models)
+        self.store = store or Store.from_settings(settings)
         self._open_engine = open_engine
         self._free_memory = free_memory
         self._loaded: dict[str, LoadedModel] = {}
@@ -130,7 +131,7 @@ class Runtime:
                 await self.unload(request.model)
                 yield Done(reason="unload", total_duration=time.perf_counter_ns() - started)
                 return
-        stored = self.store.open(request.model)
+        stored = await self._open(request.model)
         sampling, load = split_options(request.options, *stored.options())
         with self._queue_slot():
             model, load_ns = await self._acquire(name, stored, load)
@@ -177,7 +178,7 @@ class Runtime:
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         started = time.perf_counter_ns()
         name = ModelName.parse(request.model)
-        stored = self.store.open(request.model)
+        stored = await self._open(request.model)
         _, load = split_options(request.options, *stored.options())
         if request.dimensions is not None and request.dimensions < 1:
             raise BadRequest("dimensions must be a positive integer")
@@ -346,6 +347,13 @@ class Runtime:
             prefix_reuse=self.settings.prefix_reuse,
             kv_cache_type=self.settings.kv_cache_type,
         )
+
+    async def _open(self, model: str) -> StoredModel:
+        """The stored model once its blobs pass the load-time integrity check (sizes always; the weights'
+        full sha256 when they changed since last verified, e.g. the first load after a pull), which runs off
+        the event loop since that hashes the whole file."""
+        await asyncio.to_thread(check_for_load, self.store, self.store.get(model))
+        return self.store.open(model)
 
     async def _acquire(self, name: ModelName, stored: StoredModel, load: LoadOptions) -> tuple[LoadedModel, int]:
         """The loaded model for this request (loading it if needed), marked busy. Returns load time in ns."""

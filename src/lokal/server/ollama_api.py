@@ -329,9 +329,10 @@ async def pull(body: wire.PullRequest, request: Request) -> Response:
     from lokal.store.sources import pull as pull_model
 
     runtime = runtime_of(request)
-    return await respond_progress(request, body.stream, lambda: pull_model(runtime.store, body.model, runtime.settings,
-                                                                           insecure=body.insecure,
-                                                                           allow_local_files=False))
+    # A remote caller may not import the server's files or reach its private network (SSRF).
+    return await respond_progress(request, body.stream, lambda: pull_model(
+        runtime.store, body.model, runtime.settings, insecure=body.insecure, allow_local_files=False,
+        allow_private=runtime.settings.allow_private_pulls))
 
 
 @router.post("/api/create", response_model=wire.ProgressResponse, tags=["ollama"])
