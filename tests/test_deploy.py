@@ -45,13 +45,13 @@ def manifests() -> dict[str, dict]:
     documents = {}
     for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
         for doc in load_all(path.read_text()):
-            documents[doc["kind"]] = doc
+            documents[doc["metadata"]["name"] if doc["kind"] == "ConfigMap" else doc["kind"]] = doc
     return documents
 
 
 def test_every_manifest_is_valid_against_the_kubernetes_schemas(manifests):
-    assert {"Deployment", "Service", "PersistentVolumeClaim", "ConfigMap", "Secret", "HorizontalPodAutoscaler",
-            "ServiceMonitor"} <= set(manifests)
+    assert {"Deployment", "Service", "PersistentVolumeClaim", "lokal-config", "lokal-deploy-config", "Secret",
+            "HorizontalPodAutoscaler", "ServiceMonitor"} <= set(manifests)
     for document in manifests.values():
         validate(document)
 
@@ -84,7 +84,7 @@ def check_deployment(deployment: dict, routes: set[str]) -> None:
 def test_the_deployment_has_the_seeds_replicas_resources_probes_and_runs_non_root(manifests):
     assert manifests["Deployment"]["spec"]["replicas"] == 3
     check_deployment(manifests["Deployment"], app_routes())
-    config = manifests["ConfigMap"]["data"]
+    config = manifests["lokal-config"]["data"]
     assert config["LOKAL_MODELS"] == "/data/models" and config["LOKAL_HOST"].startswith("0.0.0.0:")
     from lokal.config import SETTINGS
 
@@ -192,3 +192,36 @@ def test_the_init_container_pulls_the_preload_models_into_the_store(manifests, t
     assert sorted(p.name for p in manifests_dir.iterdir()) == ["135m", "latest"]
     environ["LOKAL_PRELOAD"] = "smollm2,not/a/valid/name/at/all"  # refused before any network
     assert subprocess.run(pull["command"], env=environ, capture_output=True, timeout=300).returncode != 0
+
+
+def test_the_deployment_config_is_mounted_where_lokal_config_points_and_loads(manifests, tmp_path):
+    """`lokal deploy --config`'s file, as every replica reads it: valid, and below the ConfigMap's variables."""
+    from lokal.config import Settings
+
+    settings_env = manifests["lokal-config"]["data"]
+    path = Path(settings_env["LOKAL_CONFIG"])
+    [mount] = [m for m in manifests["Deployment"]["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+               if m["name"] == "deploy-config"]
+    assert str(path.parent) == mount["mountPath"]
+    local = tmp_path / path.name
+    local.write_text(manifests["lokal-deploy-config"]["data"][path.name])
+    settings = Settings(environ={**settings_env, "LOKAL_CONFIG": str(local)})
+    assert settings.source("LOKAL_NUM_PARALLEL") == "file" and settings.num_parallel == 4
+    assert settings.source("LOKAL_HOST") == "LOKAL_HOST" and settings.host == ("0.0.0.0", 11434)
+
+
+def test_the_chart_mounts_a_deployment_config_when_given(tmp_path):
+    from lokal.config import Settings
+
+    documents = render_chart({"deployConfig": {"deployment": {"model": "smollm2", "optimization": {"max_context": 2048}},
+                                               "performance": {"parallel_requests": 2}}})
+    for document in documents:
+        validate(document)
+    configs = {d["metadata"]["name"]: d for d in documents if d["kind"] == "ConfigMap"}
+    settings_env = configs["prod-lokal"]["data"]
+    local = tmp_path / "production.json"
+    local.write_text(configs["prod-lokal-deploy"]["data"]["production.json"])
+    settings = Settings(environ={**settings_env, "LOKAL_CONFIG": str(local)})
+    assert settings.context_length == 2048 and settings.source("LOKAL_CONTEXT_LENGTH") == "file"
+    # values.settings (LOKAL_NUM_PARALLEL "4") win over the file, as the environment does.
+    assert settings.num_parallel == 4 and settings.source("LOKAL_NUM_PARALLEL") == "LOKAL_NUM_PARALLEL"
