@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lokal.config import Settings, physical_cores
-from lokal.engine import Engine, EngineConfig, SyncSink
+from lokal.engine import Engine, EngineConfig, SyncSink, set_llama_logging
 from lokal.engine.onnx import OnnxEngine
 from lokal.store.sources import pull
 from lokal.store.store import Store
@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--write", action="store_true", help="Append the table to benchmarks/RESULTS.md")
     args = parser.parse_args()
+    set_llama_logging(False)
     store = Store(args.store)
     settings = Settings(environ={"LOKAL_MODELS": args.store})
     if not store.exists("smollm2"):

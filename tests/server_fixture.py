@@ -42,6 +42,7 @@ class LiveServer:
     port: int
     models: Path
     log_path: Path
+    scheme: str = "http"
 
     @property
     def host(self) -> str:
@@ -49,7 +50,7 @@ class LiveServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{self.scheme}://{self.host}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -80,7 +81,9 @@ def pull_models(root: Path, *names: str) -> Path:
     return root
 
 
-def start_server(models: Path, log_path: Path, **env: str) -> LiveServer:
+def start_server(models: Path, log_path: Path, *, scheme: str = "http", verify: object = True, **env: str
+                 ) -> LiveServer:
+    """``scheme="https"`` with ``verify`` (an ssl context trusting the test CA) for a server with TLS."""
     port = free_port()
     environ = {key: value for key, value in os.environ.items() if not key.startswith(("LOKAL_", "OLLAMA_"))}
     environ.update({"LOKAL_HOST": f"127.0.0.1:{port}", "LOKAL_MODELS": str(models), "LOKAL_NUM_PARALLEL": "4",
@@ -90,13 +93,13 @@ def start_server(models: Path, log_path: Path, **env: str) -> LiveServer:
     process = subprocess.Popen([sys.executable, "-m", "lokal.server.serve"], env=environ, stdout=log_file,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     log_file.close()
-    server = LiveServer(process, port, models, log_path)
+    server = LiveServer(process, port, models, log_path, scheme)
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"lokal serve exited with {process.returncode}\n{server.log()}")
         try:
-            if httpx.get(server.url + "/", timeout=1).status_code == 200:
+            if httpx.get(server.url + "/", timeout=1, verify=verify).status_code == 200:
                 return server
         except httpx.HTTPError:
             time.sleep(0.2)

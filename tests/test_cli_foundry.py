@@ -45,3 +45,4 @@ def test_service_status_without_a_server(tmp_path, monkeypatch):
     result = invoke("service", "status")
     assert result.exit_code == 1 and "not running" in result.output
     assert "no background server" in invoke("service", "stop").output
+

@@ -285,3 +285,30 @@ def test_repl_ctrl_c_and_ctrl_d(models_dir, tmp_path):
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+THINK_TEMPLATE = ("{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+                  "<|im_start|>assistant\n{{ if .Think }}<think>\n{{ end }}")
+
+
+def test_think_and_hidethinking(models_dir, tmp_path):
+    """A Modelfile TEMPLATE over SmolLM2 that opens a think block when asked: --think prints the reasoning
+    as Ollama's CLI does, --hidethinking only the answer; both match the in-process LLM's split."""
+    store = Store(models_dir)
+    greedy = store.get("greedy").manifest
+    template = THINK_TEMPLATE.encode()
+    layers = list(greedy.layers) + [Layer(LAYER_KINDS["template"], store.blobs.add_bytes(template), len(template))]
+    store.write_manifest("thinker", type(greedy)(config=greedy.config, layers=layers))
+    settings = Settings(environ={"LOKAL_MODELS": str(models_dir), **RUN_ENV})
+    prompt = "What is 2 + 2?"
+    with LLM("thinker", settings=settings, pull=False) as llm:
+        expected = llm.chat([{"role": "user", "content": prompt}], think=True)
+    assert expected.thinking
+    shown = run_lokal(models_dir, tmp_path, "run", "thinker", "--think", prompt)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("Thinking...\n" + expected.thinking)
+    hidden = run_lokal(models_dir, tmp_path, "run", "thinker", "--hidethinking", prompt)
+    assert hidden.returncode == 0, hidden.stderr
+    assert "Thinking..." not in hidden.stdout and hidden.stdout.strip() == expected.text.strip()
+    refused = run_lokal(models_dir, tmp_path, "run", "greedy", "--think", prompt)
+    assert refused.returncode != 0 and "thinking" in refused.stderr

@@ -164,8 +164,13 @@ def test_suffix_needs_a_template_that_renders_it(smollm2):
 
 def test_tools_need_a_template_that_renders_them(smollm2):
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    plain = ChatTemplate.from_model(None, "{{ range .Messages }}{{ .Content }}{{ end }}")
     with pytest.raises(UnsupportedCapability, match="tools"):
-        smollm2_build(smollm2, GenerateRequest(model="m", messages=[Message("user", "hi")], tools=tools))
+        build_prompt(GenerateRequest(model="m", messages=[Message("user", "hi")], tools=tools), template=plain,
+                     tokenize=smollm2, num_ctx=512, num_predict=16)
+    # SmolLM2's own template has no tool section; its family's built-in tools template shows them.
+    with_builtin = smollm2_build(smollm2, GenerateRequest(model="m", messages=[Message("user", "hi")], tools=tools))
+    assert '"name": "f"' in with_builtin.text and "<tool_call>" in with_builtin.text
     template = ChatTemplate.from_model(None, "{{ range .Tools }}[{{ .Function.Name }}]{{ end }}"
                                              "{{ range .Messages }}{{ .Content }}{{ end }}")
     request = GenerateRequest(model="m", messages=[Message("user", "hi")], tools=tools)

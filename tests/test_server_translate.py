@@ -16,6 +16,7 @@ from lokal.server import ollama_api, openai_api
 from lokal.server import ollama_types as ollama_wire
 from lokal.server import openai_types as openai_wire
 from lokal.server.app import validation_message
+from lokal.server.streaming import Answer
 
 
 def ollama_generate(**fields) -> internal.GenerateRequest:
@@ -113,17 +114,19 @@ def test_deprecated_name_field_is_accepted_for_model():
     assert create.from_ == "smollm2"
 
 
-def test_thinking_and_logprobs_are_refused_not_ignored():
-    with pytest.raises(BadRequest, match="thinking"):
-        ollama_generate(prompt="x", think=True)
+def test_think_values_and_refused_logprobs():
+    assert ollama_generate(prompt="x", think=True).think is True
+    assert ollama_chat(messages=[], think="high").think == "high"
     assert ollama_generate(prompt="x", think=False).prompt == "x"
+    with pytest.raises(BadRequest, match="think must be"):
+        ollama_generate(prompt="x", think="very")
     with pytest.raises(BadRequest, match="logprobs"):
         ollama_chat(messages=[{"role": "user", "content": "x"}], logprobs=True)
 
 
 def test_final_object_leaves_out_zero_metrics_like_ollama():
     done = internal.Done(reason="stop", prompt_eval_count=5, eval_count=3, eval_duration=10, context=[1, 2])
-    body = ollama_api.GenerateRenderer("smollm2").final(done, "Hello")
+    body = ollama_api.GenerateRenderer("smollm2").final(done, Answer("Hello"))
     assert body["response"] == "Hello" and body["done"] is True and body["done_reason"] == "stop"
     assert body["context"] == [1, 2] and body["prompt_eval_count"] == 5 and "load_duration" not in body
     line = json.loads(ollama_api.ChatRenderer("smollm2").token(internal.Token(text="Hi", ids=[1])))
@@ -250,3 +253,13 @@ def test_sdk_reads_ndjson_and_sse_lines_and_raises_in_band_errors():
                                        ("[::1]:9000", "http://[::1]:9000")])
 def test_sdk_host_forms(host, url):
     assert base_url(host) == url
+
+
+def test_null_fields_and_options_mean_unset():
+    request = ollama_chat(messages=[{"role": "user", "content": "x", "images": None}], stream=None, format=None,
+                          options={"num_gpu": None, "temperature": None, "stop": None})
+    assert request.format is None and request.messages[0].images is None
+    sampling, load = internal.split_options(request.options, internal.SamplingOptions(stop=["END"]))
+    assert load.num_gpu == -1 and sampling.temperature == 0.8 and sampling.stop == ["END"]
+    assert ollama_wire.ChatRequest.model_validate({"model": "m", "stream": None}).stream is True
+    assert openai_chat(temperature=None, stop=None).options == {}

@@ -24,7 +24,8 @@ import anyio
 import httpx
 
 from lokal.config import Settings, parse_host
-from lokal.errors import BadRequest, Cancelled, LokalError, ModelNotFound, ServerBusy, ServerUnavailable
+from lokal.errors import (BadRequest, Cancelled, Forbidden, LokalError, ModelNotFound, ServerBusy, ServerUnavailable,
+                          Unauthorized)
 
 # Connecting fails fast; reading waits as long as a generation takes unless a timeout is given.
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -69,6 +70,24 @@ def base_url(host: str | None) -> str:
     return f"{scheme}://{address}:{port}"
 
 
+def _security_options(api_key: str | None, ca_cert: str | Path | None, httpx_options: dict[str, Any]
+                      ) -> dict[str, Any]:
+    """The API key (``Authorization: Bearer``) and the CA to trust for https, from the arguments or
+    LOKAL_API_KEY / LOKAL_CA_CERT."""
+    options = dict(httpx_options)
+    if api_key is None or ca_cert is None:
+        settings = Settings()
+        api_key = api_key if api_key is not None else settings.api_key
+        ca_cert = ca_cert if ca_cert is not None else settings.ca_cert
+    if api_key:
+        options["headers"] = {"Authorization": f"Bearer {api_key}", **(options.get("headers") or {})}
+    if ca_cert and "verify" not in options:
+        import ssl
+
+        options["verify"] = ssl.create_default_context(cafile=str(ca_cert))
+    return options
+
+
 def error_from(status: int, text: str) -> LokalError:
     """The lokal error for an error answer (Ollama's ``{"error": "..."}`` or OpenAI's error object)."""
     message = text.strip() or f"HTTP {status}"
@@ -87,6 +106,10 @@ def error_from(status: int, text: str) -> LokalError:
         return ServerBusy(message)
     if status == 499:
         return Cancelled(message)
+    if status == 401:
+        return Unauthorized(message + " (set LOKAL_API_KEY)")
+    if status == 403:
+        return Forbidden(message)
     error_object = BadRequest(message) if 400 <= status < 500 else LokalError(message)
     error_object.status = status  # type: ignore[misc]
     return error_object
@@ -169,9 +192,9 @@ class _Endpoints:
     def chat(self, model: str, messages: list[dict[str, Any]] | None = None, *,
              tools: list[dict[str, Any]] | None = None, format: str | dict[str, Any] | None = None,
              options: dict[str, Any] | None = None, keep_alive: float | str | None = None,
-             stream: bool = False) -> Any:
+             stream: bool = False, think: bool | str | None = None) -> Any:
         body = _fields(model=model, messages=[_message(m) for m in messages or []], tools=tools, format=format,
-                       options=options, keep_alive=keep_alive, stream=stream)
+                       options=options, keep_alive=keep_alive, stream=stream, think=think)
         return self._send(_Call("POST", "/api/chat", body, stream="ndjson" if stream else None))
 
     def embed(self, model: str, input: str | list[str], *, truncate: bool | None = None,
@@ -284,10 +307,12 @@ class _Endpoints:
 class Client(_Endpoints):
     """A blocking client. ``host`` is ``host[:port]`` or a URL; default LOKAL_HOST."""
 
-    def __init__(self, host: str | None = None, *, timeout: float | None = None, **httpx_options: Any):
+    def __init__(self, host: str | None = None, *, timeout: float | None = None, api_key: str | None = None,
+                 ca_cert: str | Path | None = None, **httpx_options: Any):
         self.base_url = base_url(host)
         self._http = httpx.Client(base_url=self.base_url,
-                                  timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_SECONDS), **httpx_options)
+                                  timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_SECONDS),
+                                  **_security_options(api_key, ca_cert, httpx_options))
 
     def is_running(self) -> bool:
         """Whether a server answers at this address."""
@@ -347,10 +372,12 @@ class AsyncClient(_Endpoints):
     """The asyncio client: the same methods, awaited; ``await client.chat(..., stream=True)`` gives an
     async iterator."""
 
-    def __init__(self, host: str | None = None, *, timeout: float | None = None, **httpx_options: Any):
+    def __init__(self, host: str | None = None, *, timeout: float | None = None, api_key: str | None = None,
+                 ca_cert: str | Path | None = None, **httpx_options: Any):
         self.base_url = base_url(host)
         self._http = httpx.AsyncClient(base_url=self.base_url,
-                                       timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_SECONDS), **httpx_options)
+                                       timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_SECONDS),
+                                       **_security_options(api_key, ca_cert, httpx_options))
 
     async def is_running(self) -> bool:
         try:

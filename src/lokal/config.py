@@ -93,6 +93,33 @@ def parse_list(raw: str) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+AUTH_MODES = ("auto", "on", "off")
+
+
+def parse_auth_mode(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in AUTH_MODES:
+        raise ValueError(f"expected one of {', '.join(AUTH_MODES)}, got {raw!r}")
+    return value
+
+
+def parse_optional_path(raw: str) -> Path | None:
+    return Path(raw).expanduser() if raw.strip() else None
+
+
+def parse_encryption_key(raw: str) -> bytes | None:
+    text = raw.strip()
+    if not text:
+        return None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ValueError("expected 64 hex digits (a 32-byte AES-256 key)")
+    return key
+
+
 def parse_devices(raw: str) -> list[str]:
     devices = [item.lower() for item in parse_list(raw)]
     unknown = [d for d in devices if d not in ("cpu", "gpu", "npu")]
@@ -108,6 +135,7 @@ class Setting:
     description: str
     parse: Callable[[str], Any] = str
     ollama_alias: str | None = None
+    is_secret: bool = False  # shown as *** by `lokal config`
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -127,6 +155,8 @@ SETTINGS: tuple[Setting, ...] = (
             parse_optional_int, "OLLAMA_CONTEXT_LENGTH"),
     Setting("LOKAL_PROMPT_CACHE", "512", "MiB of memory per model for idle requests' KV, kept for prompts that "
             "continue them (0: none).", int),
+    Setting("LOKAL_DRAFT_NUM_PREDICT", "0", "Speculative decoding: most tokens guessed ahead per step by prompt "
+            "lookup (copying what followed the same words earlier), checked in the same decode (0: off).", int),
     Setting("LOKAL_KV_CACHE_TYPE", "f16", "KV cache element type: f16, q8_0 (half of f16's memory) or q4_0.",
             parse_kv_cache_type, "OLLAMA_KV_CACHE_TYPE"),
     Setting("LOKAL_FLASH_ATTENTION", "0", "Flash attention where llama.cpp supports it for the model.",
@@ -151,6 +181,34 @@ SETTINGS: tuple[Setting, ...] = (
             "request ids).", parse_log_format),
     Setting("LOKAL_PRELOAD", "", "Models the server loads at start, kept loaded until a request's keep_alive "
             "says otherwise (comma separated); /ready answers 200 once they are in.", parse_list),
+    # security (lokal.security; README "Security")
+    Setting("LOKAL_AUTH", "auto", "API keys: auto (required on any bind beyond loopback), on (always), off "
+            "(never; needs LOKAL_INSECURE_NO_AUTH=1).", parse_auth_mode),
+    Setting("LOKAL_INSECURE_NO_AUTH", "0", "Confirms LOKAL_AUTH=off: anyone who reaches the port may do anything.",
+            parse_bool),
+    Setting("LOKAL_API_KEY", "", "Key the CLI and SDK send to a server (Authorization: Bearer).",
+            is_secret=True),
+    Setting("LOKAL_KEYS_FILE", "", "API key file (default: <LOKAL_MODELS>/security/keys.json).", parse_optional_path),
+    Setting("LOKAL_AUDIT_LOG", "", "Audit log file (default: <LOKAL_MODELS>/security/audit.log).", parse_optional_path),
+    Setting("LOKAL_AUDIT_CONTENT", "0", "Also record prompts in the audit log (off: never any text).", parse_bool),
+    Setting("LOKAL_AUDIT_MAX_BYTES", "67108864", "Audit log size that starts a new file (the chain continues).",
+            int),
+    Setting("LOKAL_AUDIT_FSYNC", "1", "fsync each audit line before the request is answered (0: leave it to "
+            "the OS, faster, the last lines may be lost in a power cut).", parse_bool),
+    Setting("LOKAL_RATE_LIMIT_REQUESTS", "0", "Requests per minute per API key (0: no limit; a key may set its "
+            "own).", int),
+    Setting("LOKAL_RATE_LIMIT_TOKENS", "0", "Tokens (in + out) per minute per API key (0: no limit).", int),
+    Setting("LOKAL_ALLOWED_HOSTS", "", "Extra Host header names a loopback-bound server answers (against DNS "
+            "rebinding), comma separated.", parse_list),
+    Setting("LOKAL_ALLOW_PRIVATE_PULLS", "0", "Let server-side URL pulls reach private, loopback and link-local "
+            "addresses (SSRF guard off).", parse_bool),
+    Setting("LOKAL_TLS_CERT", "", "PEM certificate (chain) to serve HTTPS with.", parse_optional_path),
+    Setting("LOKAL_TLS_KEY", "", "PEM private key for LOKAL_TLS_CERT.", parse_optional_path),
+    Setting("LOKAL_CA_CERT", "", "PEM CA bundle the CLI and SDK trust for an https:// server.", parse_optional_path),
+    Setting("LOKAL_ENCRYPTION_KEY", "", "Encrypt model blobs at rest with this key (64 hex digits = 32 bytes).",
+            parse_encryption_key, is_secret=True),
+    Setting("LOKAL_ENCRYPTION_KEY_FILE", "", "File holding the encryption key (made by `lokal encrypt "
+            "--new-key FILE`).", parse_optional_path),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -194,6 +252,8 @@ class Settings:
             raise ConfigError("LOKAL_NUM_PARALLEL must be at least 1")
         if self.max_loaded_models < 1:
             raise ConfigError("LOKAL_MAX_LOADED_MODELS must be at least 1")
+        if self.draft_num_predict < 0:
+            raise ConfigError("LOKAL_DRAFT_NUM_PREDICT must be 0 or more")
         if self.prompt_cache < 0:
             raise ConfigError("LOKAL_PROMPT_CACHE must be 0 or more (MiB)")
 
@@ -211,17 +271,20 @@ class Settings:
 
     @property
     def base_url(self) -> str:
-        """URL a client on this machine uses to reach the server (0.0.0.0 binds mean loopback)."""
+        """URL a client on this machine uses to reach the server (0.0.0.0 binds mean loopback; https when
+        LOKAL_TLS_CERT is set or LOKAL_HOST says https://)."""
         host, port = self.host
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{port}"
+        is_https = self.tls_cert is not None or self.raw("LOKAL_HOST").strip().lower().startswith("https://")
+        return f"{'https' if is_https else 'http'}://{host}:{port}"
 
     def rows(self) -> list[tuple[str, str, str, str]]:
         """(name, value, source, description) for `lokal config` and `serve --help`."""
-        return [(s.name, self._raw[s.name], self._sources[s.name], s.description) for s in SETTINGS]
+        return [(s.name, "***" if s.is_secret and self._raw[s.name] else self._raw[s.name], self._sources[s.name],
+                 s.description) for s in SETTINGS]
 
 
 def _file_values(path: Any) -> dict[str, str]:

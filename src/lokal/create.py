@@ -188,7 +188,7 @@ def _create(store: Store, name: ModelName, spec: CreateSpec, layers: list[Layer]
         for layer in layers:
             is_new = layer.digest not in base_digests
             yield Progress(f"{'creating new' if is_new else 'using existing'} layer {layer.digest}")
-        details = read_details(store.blobs.path(_model_layer(layers).digest))
+        details = read_details(store.blobs.plain_path(_model_layer(layers).digest))
         config = config_blob("gguf", details.family, details.families, details.parameter_size,
                              details.quantization_level, [layer.digest for layer in layers])
         manifest = Manifest(Layer(CONFIG_MEDIA_TYPE, store.blobs.add_bytes(config), len(config)), layers)
@@ -205,10 +205,10 @@ def _base_layers(store: Store, spec: CreateSpec) -> tuple[list[Layer], dict[str,
             raise BadRequest("files must name exactly one GGUF file, or a safetensors model folder's files")
         file_name, digest = next(iter(gguf_files.items()))
         path = _uploaded_blob(store, file_name, digest)
-        with open(path, "rb") as file:
+        with open(store.blobs.plain_path(digest), "rb") as file:  # decrypted when the store is encrypted
             if file.read(len(GGUF_MAGIC)) != GGUF_MAGIC:
                 raise BadRequest(f"{file_name} is not a GGUF file")
-        return [Layer(LAYER_KINDS["model"], "sha256:" + path.name.removeprefix("sha256-"), path.stat().st_size,
+        return [Layer(LAYER_KINDS["model"], "sha256:" + path.name.removeprefix("sha256-"), store.blobs.size(digest),
                       from_=file_name)], {}
     if not spec.source:
         raise BadRequest("neither 'from' nor 'files' was given: say which model to build on")
@@ -371,7 +371,7 @@ def _quantized_layer(store: Store, source: Layer, file_type: int) -> Layer:
     """Quantize the source GGUF with llama.cpp into a temp file, then store it as a blob."""
     import llama_cpp
 
-    source_path = store.blobs.path(source.digest)
+    source_path = store.blobs.plain_path(source.digest)
     store.blobs.root.mkdir(parents=True, exist_ok=True)
     temp = store.blobs.root / f"tmp-quantize-{secrets.token_hex(8)}-partial"
     params = llama_cpp.llama_model_quantize_default_params()

@@ -30,6 +30,12 @@ class InvalidDigest(BadRequest):
     pass
 
 
+class NotFound(LokalError):
+    """Something other than a model that the request names does not exist (e.g. a stored response)."""
+
+    status = 404
+
+
 class ModelNotFound(LokalError):
     status = 404
 
@@ -85,6 +91,38 @@ class ServerBusy(LokalError):
     def __init__(self, message: str = "server busy, please try again", retry_after: int = 1):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Unauthorized(LokalError):
+    """No API key, or one that is unknown, revoked or expired."""
+
+    status = 401
+
+
+class Forbidden(LokalError):
+    """A key whose role (or model allowlist) does not cover the request; a Host header not allowed."""
+
+    status = 403
+
+
+class RateLimited(LokalError):
+    status = 429
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class IntegrityError(LokalError):
+    """A stored blob whose bytes are not what its digest says (tampered or corrupted on disk)."""
+
+    status = 500
+
+
+class DecryptionError(LokalError):
+    """An encrypted blob that the configured key cannot open (wrong key, or damaged)."""
+
+    status = 500
 
 
 class InsufficientMemory(LokalError):

@@ -17,7 +17,7 @@ from lokal.config import Settings, parse_duration
 from lokal.errors import BadRequest
 from lokal.runtime import Runtime
 from lokal.store.names import ModelName
-from lokal.types import Done, EmbedRequest, Event, Format, GenerateRequest, Message, Token
+from lokal.types import Done, EmbedRequest, Event, Format, GenerateRequest, Message, Think, Token
 
 MessageLike = Union[Message, dict[str, Any]]
 
@@ -28,12 +28,16 @@ class Chunk:
 
     text: str
     done: Done | None = None
+    thinking: str = ""  # reasoning, for thinking models asked to think
+    tool_calls: list[dict[str, Any]] | None = None  # calls completed in this chunk
 
 
 @dataclass
 class Response:
     text: str
     done: Done
+    thinking: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 _END = object()
@@ -75,8 +79,10 @@ class LLM:
 
     def chat(self, messages: Iterable[MessageLike], *, stream: bool = False, format: Format = None,
              options: dict[str, Any] | None = None, tools: list[dict[str, Any]] | None = None,
-             keep_alive: float | str | None = None) -> Response | Iterator[Chunk]:
+             keep_alive: float | str | None = None, think: Think = None,
+             tool_choice: str | None = None) -> Response | Iterator[Chunk]:
         request = self._chat_request(messages, format, options, tools, keep_alive)
+        request.think, request.tool_choice = think, tool_choice
         chunks = self._stream_sync(request)
         return chunks if stream else _collect(chunks)
 
@@ -196,18 +202,20 @@ def _to_chunk(event: object) -> Chunk | None:
     if isinstance(event, BaseException):
         raise event
     if isinstance(event, Token):
-        return Chunk(text=event.text)
+        return Chunk(text=event.text, thinking=event.thinking, tool_calls=event.tool_calls)
     assert isinstance(event, Done)
     return Chunk(text="", done=event)
 
 
 def _collect(chunks: Iterator[Chunk]) -> Response:
-    parts, done = [], None
+    parts, thinking, calls, done = [], [], [], None
     for chunk in chunks:
         parts.append(chunk.text)
+        thinking.append(chunk.thinking)
+        calls += chunk.tool_calls or []
         done = chunk.done or done
     assert done is not None, "a generation always ends with Done"
-    return Response(text="".join(parts), done=done)
+    return Response(text="".join(parts), done=done, thinking="".join(thinking), tool_calls=calls or None)
 
 
 async def _acollect(chunks: AsyncIterator[Chunk]) -> Response:

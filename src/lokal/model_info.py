@@ -104,15 +104,18 @@ def knowledge_files(model: StoredModel) -> list[str]:
 
 
 def capabilities(details: ModelDetails, template: ChatTemplate) -> list[str]:
-    """Ollama's ``capabilities``: completion or embedding, plus tools and insert (fill-in-the-middle) when
-    the template requests are rendered with handles them."""
+    """Ollama's ``capabilities``: completion or embedding, plus tools, insert (fill-in-the-middle) and
+    thinking when the template requests are rendered with handles them (tools also through a built-in
+    template for the model's family, tool_templates.py)."""
     if is_embedding_model(details):
         return ["embedding"]
     found = ["completion"]
-    if template.mentions_tools:
+    if template.supports_tools:
         found.append("tools")
     if template.supports_suffix:
         found.append("insert")
+    if template.supports_thinking:
+        found.append("thinking")
     return found
 
 
@@ -137,8 +140,8 @@ def listing_details(store: Store, entry: ModelEntry) -> dict[str, Any]:
     """The ``details`` of one /api/tags entry (and `lokal list --json`). Like Ollama, read from the
     manifest's config blob, which is cheap; models whose config lacks them fall back to the GGUF header."""
     try:
-        config = json.loads(store.blobs.path(entry.manifest.config.digest).read_bytes())
-    except (OSError, ValueError):
+        config = json.loads(store.blobs.read_bytes(entry.manifest.config.digest))
+    except (OSError, ValueError, LokalError):
         config = {}
     if isinstance(config, dict) and config.get("model_family") and config.get("file_type"):
         family = config["model_family"]

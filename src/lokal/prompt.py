@@ -26,7 +26,7 @@ from typing import Protocol, Sequence
 
 from lokal.errors import BadRequest, ContextOverflow, UnsupportedCapability
 from lokal.templates import ChatTemplate, MessageLike, as_message_dict
-from lokal.types import GenerateRequest
+from lokal.types import GenerateRequest, Think
 
 DEFAULT_OUTPUT_RESERVE = 64  # tokens kept free for the reply when num_predict is unbounded (-1, -2)
 
@@ -98,9 +98,12 @@ def build_prompt(request: GenerateRequest, *, template: ChatTemplate, tokenize: 
     tokenizer = _Tokenizer(tokenize)
     if request.template and not request.raw:
         template = ChatTemplate.from_model(None, request.template)
-    if request.tools and not template.mentions_tools:
+    tools = request.tools if request.tool_choice != "none" else None
+    if tools and not template.supports_tools:
         raise UnsupportedCapability("this model's template does not support tools")
-    render = _Renderer(template, tokenizer, request.tools, bos_token, eos_token)
+    if request.think and not template.supports_thinking:
+        raise UnsupportedCapability("this model does not support thinking")
+    render = _Renderer(template, tokenizer, tools, bos_token, eos_token, request.think)
     if request.messages is not None:
         has_system = any(as_message_dict(m)["role"] == "system" for m in request.messages)
         messages = _system(None if has_system else default_system) + list(default_messages) + list(request.messages)
@@ -125,9 +128,11 @@ class _Renderer:
     tools: list[dict] | None
     bos_token: str
     eos_token: str
+    think: Think = None
 
     def __call__(self, messages: Sequence[MessageLike]) -> Prompt:
-        text = self.template.render(messages, tools=self.tools, bos_token=self.bos_token, eos_token=self.eos_token)
+        text = self.template.render(messages, tools=self.tools, bos_token=self.bos_token, eos_token=self.eos_token,
+                                    think=self.think)
         return Prompt(self.tokenizer(text), text)
 
 

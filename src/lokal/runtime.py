@@ -11,8 +11,8 @@ import asyncio
 import dataclasses
 import logging
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Callable, Iterator, Literal
 
@@ -23,13 +23,16 @@ from lokal.errors import (BadRequest, InsufficientMemory, LokalError, ModelLoadE
                           UnsupportedCapability)
 from lokal.hardware import DeviceChoice, available_memory, choose_device, detect, estimate_memory, process_rss
 from lokal.knowledge.index import DEFAULT_MIN_SCORE, DEFAULT_TOP_K, Hit, knowledge_prompt, load_index
+from lokal.output import output_splitter, split_events
 from lokal.prompt import build_prompt
+from lokal.security.integrity import check_for_load
 from lokal.store.gguf_info import ModelDetails
 from lokal.store.names import ModelName
 from lokal.store.onnx_layout import read_info as read_onnx_info
 from lokal.store.store import ModelEntry, Store
 from lokal.store.stored_model import StoredModel
 from lokal.templates import ChatTemplate
+from lokal.tool_calls import forced_call_schema
 from lokal.types import (Done, EmbedRequest, EmbedResult, Event, GenerateRequest, LoadOptions,
                          SamplingOptions, split_options)
 
@@ -105,7 +108,7 @@ class Runtime:
         ``free_memory()`` says how many bytes a new model may take: the real ones by default, stand-ins in
         tests of residency decisions."""
         self.settings = settings
-        self.store = store or Store(settings.models)
+        self.store = store or Store.from_settings(settings)
         self._open_engine = open_engine
         self._free_memory = free_memory
         self._loaded: dict[str, LoadedModel] = {}
@@ -130,7 +133,7 @@ class Runtime:
                 await self.unload(request.model)
                 yield Done(reason="unload", total_duration=time.perf_counter_ns() - started)
                 return
-        stored = self.store.open(request.model)
+        stored = await self._open(request.model)
         sampling, load = split_options(request.options, *stored.options())
         # Before the model is taken: retrieval embeds with another model, which may need a loading slot.
         hits = await self._knowledge(stored, request)
@@ -157,13 +160,20 @@ class Runtime:
                               num_ctx=model.config.num_ctx, num_predict=sampling.num_predict,
                               default_system=system, default_messages=stored.default_messages(),
                               bos_token=model.engine.bos_text, eos_token=model.engine.eos_text)
+        # tool_choice required / a named function: the reply is one call, forced like a format.
+        forced = forced_call_schema(request.tools, request.tool_choice) if request.tools else None
+        output_format = forced or request.format
         sink = AsyncSink(asyncio.get_running_loop())
         if model.format == "onnx":  # GenAI constrains output with its own guidance, from the schema itself
-            handle = model.engine.submit(prompt.tokens, sampling, format=request.format, sink=sink)
+            handle = model.engine.submit(prompt.tokens, sampling, format=output_format, sink=sink)
         else:
-            handle = model.engine.submit(prompt.tokens, sampling, grammar=grammar_for(request.format), sink=sink)
+            handle = model.engine.submit(prompt.tokens, sampling, grammar=grammar_for(output_format), sink=sink)
         try:
-            async for event in sink:
+            events: AsyncIterator[Event] = sink
+            splitter = output_splitter(request, model.template, prompt.text, forced is not None)
+            if splitter is not None:
+                events = split_events(sink, splitter)
+            async for event in events:
                 if isinstance(event, Done):
                     event.knowledge = [hit.to_dict() for hit in hits]
                     event.model = model.entry.name.display
@@ -191,7 +201,7 @@ class Runtime:
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         started = time.perf_counter_ns()
         name = ModelName.parse(request.model)
-        stored = self.store.open(request.model)
+        stored = await self._open(request.model)
         _, load = split_options(request.options, *stored.options())
         if request.dimensions is not None and request.dimensions < 1:
             raise BadRequest("dimensions must be a positive integer")
@@ -217,6 +227,45 @@ class Runtime:
             vectors = [_shorten(v, request.dimensions) for v in vectors]
         return EmbedResult(embeddings=vectors, prompt_eval_count=sum(map(len, token_lists)),
                            load_duration=load_ns, total_duration=time.perf_counter_ns() - started)
+
+    @asynccontextmanager
+    async def using(self, model: str, options: dict[str, Any] | None = None,
+                    keep_alive: float | None = None) -> AsyncIterator[LoadedModel]:
+        """The loaded model (loading it if needed), held busy for the block: for work on its vocabulary
+        and template that generates nothing (tokenize, detokenize, counting a chat's tokens)."""
+        name = ModelName.parse(model)
+        stored = self.store.open(model)
+        _, load = split_options(options, *stored.options())
+        with self._queue_slot():
+            loaded, _ = await self._acquire(name, stored, load)
+            try:
+                yield loaded
+            finally:
+                self._release(loaded, self._keep_alive(keep_alive))
+
+    async def tokenize(self, model: str, text: str, keep_alive: float | None = None) -> list[int]:
+        """``text`` as the model's tokens, special-token text parsed, no BOS added (the template adds it)."""
+        async with self.using(model, keep_alive=keep_alive) as loaded:
+            return loaded.engine.tokenize(text, add_special=False, parse_special=True)
+
+    async def detokenize(self, model: str, tokens: list[int], keep_alive: float | None = None) -> str:
+        async with self.using(model, keep_alive=keep_alive) as loaded:
+            detokenize = getattr(loaded.engine, "detokenize", None)
+            if detokenize is None:
+                raise UnsupportedCapability(f'model "{model}" cannot detokenize (its engine has no vocabulary API)')
+            return detokenize(tokens)
+
+    async def count_tokens(self, request: GenerateRequest) -> int:
+        """How many tokens ``request``'s prompt is, templated as generating it would be (no truncation)."""
+        stored = self.store.open(request.model)
+        sampling, _ = split_options(request.options, *stored.options())
+        async with self.using(request.model, request.options, request.keep_alive) as loaded:
+            prompt = build_prompt(replace(request, truncate=False), template=loaded.template,
+                                  tokenize=loaded.engine.tokenize, num_ctx=1 << 30,
+                                  num_predict=sampling.num_predict, default_system=stored.system,
+                                  default_messages=stored.default_messages(), bos_token=loaded.engine.bos_text,
+                                  eos_token=loaded.engine.eos_text)
+            return len(prompt.tokens)
 
     async def load(self, model: str, keep_alive: float | None = None) -> None:
         async for _ in self.generate(GenerateRequest(model=model, keep_alive=keep_alive)):
@@ -321,7 +370,20 @@ class Runtime:
             prompt_cache=self.settings.prompt_cache << 20,
             prefix_reuse=self.settings.prefix_reuse,
             kv_cache_type=self.settings.kv_cache_type,
+            # Idle caches survive unloads and restarts here, keyed by the weights' blob (KV depends on the
+            # weights, not on a manifest's parameters) and the KV element type (a cache saved with one cannot
+            # be read into another).
+            prompt_cache_dir=str(self.store.root / "kvcache" / f"{stored.path.name}-"
+                                                                f"{self.settings.kv_cache_type}"),
+            num_draft=self.settings.draft_num_predict if load.draft_num_predict is None else load.draft_num_predict,
         )
+
+    async def _open(self, model: str) -> StoredModel:
+        """The stored model once its blobs pass the load-time integrity check (sizes always; the weights'
+        full sha256 when they changed since last verified, e.g. the first load after a pull), which runs off
+        the event loop since that hashes the whole file."""
+        await asyncio.to_thread(check_for_load, self.store, self.store.get(model))
+        return self.store.open(model)
 
     async def _acquire(self, name: ModelName, stored: StoredModel, load: LoadOptions) -> tuple[LoadedModel, int]:
         """The loaded model for this request (loading it if needed), marked busy. Returns load time in ns."""
@@ -505,5 +567,4 @@ def _shorten(vector: list[float], dimensions: int) -> list[float]:
     head = vector[:dimensions]
     norm = sum(x * x for x in head) ** 0.5
     return [x / norm for x in head] if norm else head
-
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Literal, Mapping, Sequence, Union
@@ -31,7 +31,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from lokal.errors import BadRequest, LokalError, UnsupportedCapability
 from lokal.gotemplate import parse_go
-from lokal.types import Message
+from lokal.tool_calls import ToolFormat, detect_format
+from lokal.tool_templates import builtin_tools_template
+from lokal.types import Message, Think
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +158,15 @@ def _collate(messages: Sequence[MessageLike]) -> tuple[str, list[dict[str, Any]]
     return "\n\n".join(system), collated
 
 
+def _think_values(think: Think) -> dict[str, Any]:
+    if think is None:
+        return {}
+    level = think if isinstance(think, str) else ""
+    return {"Think": bool(think), "IsThinkSet": True, "ThinkLevel": level}
+
+
 def render_go_chat(template: str, messages: Sequence[MessageLike],
-                   tools: list[dict[str, Any]] | None = None) -> str:
+                   tools: list[dict[str, Any]] | None = None, think: Think = None) -> str:
     """A chat through an Ollama template, as Ollama's ``template.Execute`` renders it.
 
     A template that uses ``.Messages`` is executed once with the whole (collated) chat. Otherwise it is
@@ -169,12 +178,12 @@ def render_go_chat(template: str, messages: Sequence[MessageLike],
     system, collated = _collate(messages)
     if parsed.uses_messages:
         return parsed.execute(_root(System=system, Messages=[_go_message(m) for m in collated],
-                                    Tools=tools or None))
+                                    Tools=tools or None, **_think_values(think)))
     parts: list[str] = []
     turn = {"System": "", "Prompt": "", "Response": ""}
 
     def flush() -> None:
-        parts.append(parsed.execute(_root(**turn)))
+        parts.append(parsed.execute(_root(**turn, **_think_values(think))))
         turn.update(System="", Prompt="", Response="")
 
     for message in collated:
@@ -188,11 +197,16 @@ def render_go_chat(template: str, messages: Sequence[MessageLike],
             turn["Prompt"] = message["content"]
         elif message["role"] == "assistant":
             turn["Response"] = message["content"]
-    parts.append(parsed.execute(_root(**turn), until_response=True))
+    parts.append(parsed.execute(_root(**turn, **_think_values(think)), until_response=True))
     return "".join(parts)
 
 
 # ================================================================================= ChatTemplate
+
+
+def _has_tool_turns(messages: Sequence[MessageLike]) -> bool:
+    return any(m.get("role") == "tool" or m.get("tool_calls") for m in map(as_message_dict, messages))
+
 
 # Written for lokal (not copied from a model): what a model without a template is prompted with.
 CHATML_TEMPLATE = (
@@ -217,6 +231,7 @@ GEMMA_TEMPLATE = (
 _FALLBACK_BY_ARCHITECTURE = {"gemma": GEMMA_TEMPLATE, "gemma2": GEMMA_TEMPLATE, "gemma3": GEMMA_TEMPLATE,
                              "gemma3n": GEMMA_TEMPLATE}
 _MENTIONS_TOOLS = re.compile(r"\btools\b")
+_MENTIONS_THINKING = re.compile(r"<think>|\benable_thinking\b")
 
 TemplateKind = Literal["go", "jinja", "fallback"]
 
@@ -227,6 +242,10 @@ class ChatTemplate:
 
     source: str
     kind: TemplateKind
+    # What requests with tools (or tool messages) render with: the template itself when it handles tools,
+    # else a built-in one for its family (tool_templates.py), else None (no tools for this model).
+    tools_source: str | None = None
+    tool_format: ToolFormat | None = None
 
     @classmethod
     def from_model(cls, gguf_chat_template: str | None, override: str | None = None, *,
@@ -238,15 +257,38 @@ class ChatTemplate:
         warning, so that the model stays usable."""
         if override and override.strip():
             parse_go(override)
-            return cls(override, "go")
+            return cls(override, "go")._with_tools(architecture)
         if gguf_chat_template and gguf_chat_template.strip():
             try:
                 _compile_jinja(gguf_chat_template)
-                return cls(gguf_chat_template, "jinja")
+                return cls(gguf_chat_template, "jinja")._with_tools(architecture)
             except BadRequest as exc:
                 log.warning("model's chat template is unusable, using a fallback: %s", exc.message)
         fallback = _FALLBACK_BY_ARCHITECTURE.get((architecture or "").lower(), CHATML_TEMPLATE)
-        return cls(fallback, "fallback")
+        return cls(fallback, "fallback")._with_tools(architecture)
+
+    def _with_tools(self, architecture: str | None) -> ChatTemplate:
+        if self.mentions_tools:
+            return replace(self, tools_source=self.source, tool_format=detect_format(self.source) or "hermes")
+        if self.kind == "go":  # a Modelfile TEMPLATE without tools is the author's choice: no tools
+            return self
+        builtin = builtin_tools_template(self.source, architecture)
+        if builtin is None:
+            return self
+        return replace(self, tools_source=builtin[0], tool_format=builtin[1])
+
+    @property
+    def supports_tools(self) -> bool:
+        """Ollama's "tools" capability: requests with tools render through a template that shows them."""
+        return self.tools_source is not None
+
+    @property
+    def supports_thinking(self) -> bool:
+        """Ollama's "thinking" capability: the template switches thinking (``.Think``, ``enable_thinking``)
+        or writes ``<think>`` itself."""
+        if self.kind == "go":
+            return "think" in parse_go(self.source).vars or "<think>" in self.source
+        return bool(_MENTIONS_THINKING.search(self.source))
 
     @property
     def mentions_tools(self) -> bool:
@@ -261,13 +303,23 @@ class ChatTemplate:
         return self.kind == "go" and "suffix" in parse_go(self.source).vars
 
     def render(self, messages: Sequence[MessageLike], tools: list[dict[str, Any]] | None = None,
-               add_generation_prompt: bool = True, bos_token: str = "", eos_token: str = "") -> str:
+               add_generation_prompt: bool = True, bos_token: str = "", eos_token: str = "",
+               think: Think = None) -> str:
         """A chat as prompt text. Go templates always end ready for the reply, as Ollama's do, so
-        ``add_generation_prompt`` only applies to Jinja templates; Go templates never see the BOS text."""
+        ``add_generation_prompt`` only applies to Jinja templates; Go templates never see the BOS text.
+        A chat with tools or tool turns renders through ``tools_source``."""
         if self.kind == "go":
-            return render_go_chat(self.source, messages, tools)
-        return render_jinja(self.source, messages, tools=tools, add_generation_prompt=add_generation_prompt,
-                            bos_token=bos_token, eos_token=eos_token)
+            return render_go_chat(self.source, messages, tools, think)
+        source = self.source
+        if self.tools_source and (tools or _has_tool_turns(messages)):
+            source = self.tools_source
+        extra: dict[str, Any] = {}
+        if think is not None:
+            extra["enable_thinking"] = bool(think)
+            if isinstance(think, str):
+                extra["reasoning_effort"] = think
+        return render_jinja(source, messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                            bos_token=bos_token, eos_token=eos_token, **extra)
 
     def render_generate(self, prompt: str, system: str | None = None, suffix: str | None = None,
                         bos_token: str = "", eos_token: str = "") -> str:

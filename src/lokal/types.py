@@ -44,6 +44,7 @@ class LoadOptions:
     use_mlock: bool = False
     num_parallel: int | None = None  # LOKAL_NUM_PARALLEL when None
     flash_attention: bool | None = None  # LOKAL_FLASH_ATTENTION when None
+    draft_num_predict: int | None = None  # speculative decoding's guesses per step; LOKAL_DRAFT_NUM_PREDICT when None
 
 
 _SAMPLING_FIELDS = {f.name: f for f in fields(SamplingOptions)}
@@ -143,6 +144,8 @@ class Message:
 
 
 Format = None | Literal["json"] | dict[str, Any]
+# Thinking: unset (the model's default), on/off, or an effort level ("low", "medium", "high").
+Think = bool | Literal["low", "medium", "high"] | None
 
 
 @dataclass
@@ -160,10 +163,13 @@ class GenerateRequest:
     context: list[int] | None = None  # Ollama's /api/generate conversation tokens
     images: list[bytes] | None = None
     tools: list[dict[str, Any]] | None = None
+    # "auto" (default), "none", "required" or a function's name; required/named force a call by grammar.
+    tool_choice: str | None = None
     format: Format = None
     options: dict[str, Any] | None = None
     keep_alive: float | None = None  # seconds; None = LOKAL_KEEP_ALIVE
     truncate: bool = True
+    think: Think = None
 
 
 @dataclass
@@ -178,10 +184,14 @@ class EmbedRequest:
 
 @dataclass(slots=True)
 class Token:
-    """Text decoded in one engine step for one request (one or more tokens, UTF-8 complete)."""
+    """Text decoded in one engine step for one request (one or more tokens, UTF-8 complete). After the
+    runtime splits the output, ``text`` is the answer's content, ``thinking`` its reasoning and
+    ``tool_calls`` the calls completed in this step (``{"function": {"name", "arguments": {…}}}``)."""
 
     text: str
     ids: list[int]
+    thinking: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 DoneReason = Literal["stop", "length", "load", "unload"]

@@ -98,9 +98,9 @@ def _root(version: bool = typer.Option(False, "--version", "-v", is_eager=True, 
 
 
 def _register_commands() -> None:
-    from lokal.cli import bench, bundles, foundry, models, run, serve
+    from lokal.cli import bench, bundles, foundry, models, run, security, serve
 
-    for module in (models, run, serve, bench, bundles, foundry):
+    for module in (models, run, serve, bench, bundles, foundry, security):
         module.register(app)
 
 

@@ -98,7 +98,7 @@ def models_test(name: str = typer.Argument(..., help="Model to test."),
     settings = Settings()
     started = time.perf_counter()
     with LLM(name, settings=settings, temperature=0) as llm:
-        result = llm.generate(prompt, num_predict=64)
+        result = llm.generate(prompt, options={"num_predict": 64})
         elapsed = time.perf_counter() - started
         done = result.done
         print(result.text.strip())

@@ -77,7 +77,7 @@ class LocalBackend:
         from lokal.store.store import Store
 
         self.settings = settings
-        self.store = Store(settings.models)
+        self.store = Store.from_settings(settings)
 
     def list(self) -> ListedModels:
         from lokal.model_info import listing_details

@@ -102,9 +102,10 @@ class RemoteLLM:
         self.model = model
 
     def chat(self, messages: list[dict[str, Any]], *, stream: bool = False, format: str | None = None,
-             options: dict[str, Any] | None = None, keep_alive: float | None = None) -> Iterator[Any]:
+             options: dict[str, Any] | None = None, keep_alive: float | None = None,
+             think: bool | str | None = None) -> Iterator[Any]:
         lines = self.client.chat(self.model, messages, stream=True, format=format, options=options,
-                                 keep_alive=keep_alive)
+                                 keep_alive=keep_alive, think=think)
         chunks = self._chunks(lines)
         if stream:
             return chunks
@@ -118,13 +119,14 @@ class RemoteLLM:
 
         try:
             for line in lines:
-                text = (line.get("message") or {}).get("content", "")
+                message = line.get("message") or {}
+                text, thinking = message.get("content", ""), message.get("thinking") or ""
                 if line.get("done"):
                     done = Done(reason=line.get("done_reason") or "stop",
                                 **{k: int(line.get(k) or 0) for k in _DONE_FIELDS})
-                    yield Chunk(text=text, done=done)
+                    yield Chunk(text=text, done=done, thinking=thinking)
                     return
-                yield Chunk(text=text)
+                yield Chunk(text=text, thinking=thinking)
         finally:
             close = getattr(lines, "close", None)
             if close is not None:

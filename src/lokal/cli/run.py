@@ -61,9 +61,11 @@ class ChatSession:
     """One conversation with one model: what ``/set`` changes and what each answer is sent with."""
 
     def __init__(self, llm: LLM, *, format: str | None = None, is_verbose: bool = False,
-                 keep_alive: float | None = None):
+                 keep_alive: float | None = None, think: bool | str | None = None, hide_thinking: bool = False):
         self.llm = llm
         self.format = format
+        self.think = think
+        self.hide_thinking = hide_thinking
         self.is_verbose = is_verbose
         self.keep_alive = keep_alive
         self.system: str | None = None
@@ -87,9 +89,10 @@ class ChatSession:
     def answer(self, prompt: str) -> bool:
         """Stream the answer to stdout. Ctrl-C stops generating and returns False; the exchange is then
         left out of the history so the conversation stays a clean user/assistant alternation."""
+        extra = {"think": self.think} if self.think is not None else {}
         chunks = self.llm.chat(self.messages_for(prompt), stream=True, format=self.format,
-                               options=self.options or None, keep_alive=self.keep_alive)
-        text, done = _stream_to_stdout(chunks)
+                               options=self.options or None, keep_alive=self.keep_alive, **extra)
+        text, done = _stream_to_stdout(chunks, show_thinking=not self.hide_thinking)
         if done is None:
             return False
         self.history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]
@@ -111,12 +114,24 @@ def _typed(raw: str) -> Any:
     return raw
 
 
-def _stream_to_stdout(chunks: Iterator[Any]) -> tuple[str, Done | None]:
-    """Print chunks as they come. Returns (text, Done), or (text so far, None) when Ctrl-C stopped it."""
+def _stream_to_stdout(chunks: Iterator[Any], show_thinking: bool = True) -> tuple[str, Done | None]:
+    """Print chunks as they come (reasoning between "Thinking..." and "...done thinking.", as Ollama's CLI
+    prints it, unless hidden). Returns (text, Done), or (text so far, None) when Ctrl-C stopped it."""
     parts: list[str] = []
     done: Done | None = None
+    is_thinking = False
     try:
         for chunk in chunks:
+            thinking = getattr(chunk, "thinking", "")
+            if thinking and show_thinking:
+                if not is_thinking:
+                    sys.stdout.write("Thinking...\n")
+                    is_thinking = True
+                sys.stdout.write(thinking)
+                sys.stdout.flush()
+            if chunk.text and is_thinking:
+                sys.stdout.write("\n...done thinking.\n\n")
+                is_thinking = False
             if chunk.text:
                 sys.stdout.write(chunk.text)
                 sys.stdout.flush()
@@ -337,6 +352,9 @@ def run_command(
     format: str = typer.Option("", "--format", help="Response format (json)."),
     keepalive: str = typer.Option("", "--keepalive", help="How long the model stays loaded (e.g. 5m, 1h, 0)."),
     nowordwrap: bool = typer.Option(False, "--nowordwrap", help="Do not wrap words (output is never wrapped)."),
+    think: bool = typer.Option(None, "--think/--no-think", help="Let a thinking model think (or not)."),
+    think_level: str = typer.Option("", "--think-level", help="How hard a thinking model thinks: low, medium, high."),
+    hidethinking: bool = typer.Option(False, "--hidethinking", help="Think, but print only the answer."),
 ) -> None:
     """Run a model: answer PROMPT, or chat interactively."""
     from lokal.cli.models import backend_for
@@ -359,7 +377,9 @@ def run_command(
     if not backend.exists(model):
         show_pull(backend.pull(model))
     with _model_for(backend, model, settings, keep_alive) as llm:
-        session = ChatSession(llm, format=format or None, is_verbose=verbose, keep_alive=keep_alive)
+        think_value = _think_option(think, think_level, hidethinking)
+        session = ChatSession(llm, format=format or None, is_verbose=verbose, keep_alive=keep_alive,
+                              think=think_value, hide_thinking=hidethinking)
         if is_interactive:
             llm.chat([], keep_alive=keep_alive)  # load now, so the first answer is not slow and errors show early
             Repl(session, history_file=HISTORY_FILE.expanduser()).loop()
@@ -367,6 +387,17 @@ def run_command(
         text = " ".join(words)
         if text.strip() and not session.answer(text):
             raise typer.Exit(130)
+
+
+def _think_option(think: bool | None, level: str, hide_thinking: bool) -> bool | str | None:
+    """--think / --no-think, --think-level and --hidethinking (which thinks unless told not to) as ``think``."""
+    if level:
+        if level.lower() not in ("low", "medium", "high") or think is False:
+            raise BadRequest(f"invalid --think-level {level!r}: use low, medium or high (and not with --no-think)")
+        return level.lower()
+    if think is None and hide_thinking:
+        return True
+    return think
 
 
 def _model_for(backend: Any, model: str, settings: Settings, keep_alive: float | None) -> Any:

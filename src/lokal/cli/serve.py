@@ -27,13 +27,19 @@ def serve(
                                                 help="Load MODEL at start and keep it loaded; repeat or separate "
                                                      "with commas for several (LOKAL_PRELOAD). /ready waits for them."),
     log_format: Optional[str] = typer.Option(None, "--log-format", help="text or json (LOKAL_LOG_FORMAT)."),
+    auth: Optional[str] = typer.Option(None, "--auth", help="API keys: auto, on or off (LOKAL_AUTH)."),
+    insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth",
+                                          help="Confirm --auth off (LOKAL_INSECURE_NO_AUTH)."),
+    tls_cert: Optional[str] = typer.Option(None, "--tls-cert", help="PEM certificate for HTTPS (LOKAL_TLS_CERT)."),
+    tls_key: Optional[str] = typer.Option(None, "--tls-key", help="PEM private key for HTTPS (LOKAL_TLS_KEY)."),
 ) -> None:
     """Start the server: the Ollama API, the OpenAI API (/v1) and Foundry Local's endpoints. Stop it with Ctrl+C."""
     from lokal.server.serve import serve as run_server
 
     overrides = {"host": host, "models": models, "keep_alive": keep_alive, "num_parallel": num_parallel,
                  "debug": "1" if debug else None, "log_format": log_format,
-                 "preload": ",".join(preload) if preload else None}
+                 "preload": ",".join(preload) if preload else None, "auth": auth,
+                 "insecure_no_auth": "1" if insecure_no_auth else None, "tls_cert": tls_cert, "tls_key": tls_key}
     run_server(Settings(overrides={k: v for k, v in overrides.items() if v is not None}))
 
 

@@ -17,9 +17,11 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lokal import __version__
-from lokal.errors import LokalError, ServerBusy
-from lokal.server import foundry_api, ollama_api, openai_api, ops_api
+from lokal.errors import LokalError
+from lokal.server import (anthropic_api, anthropic_types, foundry_api, ollama_api, openai_api, openapi, ops_api,
+                          responses_api, text_api)
 from lokal.server.access import AccessMiddleware, note_route
+from lokal.server.guard import HostGuard, MeteredRuntime, SecurityMiddleware, SecurityPolicy
 from lokal.server.metrics import Metrics
 from lokal.server.openai_types import error_body
 from lokal.server.streaming import JSONResponse
@@ -37,9 +39,13 @@ LOCAL_ORIGINS_REGEX = (r"^(https?://(localhost|127\.0\.0\.1|\[::1\]|0\.0\.0\.0)(
                        r"|app://.*|file://.*|tauri://.*|vscode-webview://.*)$")
 
 
-def create_app(runtime: Any, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+def create_app(runtime: Any, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               policy: SecurityPolicy | None = None) -> FastAPI:
     """The server's ASGI app over ``runtime`` (a ``lokal.runtime.Runtime``). Closing the app (lifespan
-    shutdown) closes the runtime: running streams end with an error line, models unload."""
+    shutdown) closes the runtime: running streams end with an error line, models unload.
+
+    ``policy`` (keys, roles, audit, limits, Host allowlist) defaults to the one the runtime's settings
+    describe; a runtime without settings gets an open one."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -50,25 +56,36 @@ def create_app(runtime: Any, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) ->
 
     app = FastAPI(title="lokal", version=__version__, lifespan=lifespan, dependencies=[Depends(note_route)],
                   description="Ollama and OpenAI APIs (and Foundry Local's management endpoints) over local models.")
-    app.state.runtime = runtime
+    settings = getattr(runtime, "settings", None)
+    if policy is None:
+        policy = SecurityPolicy.from_settings(settings) if settings is not None else SecurityPolicy.open()
+    app.state.runtime = MeteredRuntime(runtime)
+    app.state.security = policy
     app.include_router(ollama_api.router)
     if getattr(getattr(runtime, "settings", None), "openai_api", True):  # LOKAL_OPENAI_API=0 removes /v1
         app.include_router(openai_api.router)
     app.include_router(foundry_api.router)
     app.include_router(foundry_api.service_router)
     app.include_router(ops_api.router)
+    app.include_router(text_api.router)
+    app.include_router(anthropic_api.router)
+    app.include_router(responses_api.router)
+    openapi.install(app)
 
     app.add_exception_handler(LokalError, _lokal_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
-    settings = getattr(runtime, "settings", None)
     extra_origins = list(getattr(settings, "origins", None) or [])
+    # Innermost first: security inside CORS (refusals carry CORS headers; preflights need no key), the Host
+    # check outside everything.
+    app.add_middleware(SecurityMiddleware, fastapi_app=app, policy=policy)
     app.add_middleware(CORSMiddleware, allow_origins=extra_origins, allow_origin_regex=LOCAL_ORIGINS_REGEX,
                        allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(JSONBodyMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(HostGuard, allowed_hosts=policy.allowed_hosts)
     app.state.metrics = Metrics(runtime)
     app.add_middleware(AccessMiddleware, metrics=app.state.metrics)  # outermost
     return app
@@ -83,7 +100,12 @@ def is_openai_path(request: Request) -> bool:
 
 def error_response(request: Request, status: int, message: str, headers: dict[str, str] | None = None,
                    code: str | None = None) -> Response:
-    body = error_body(status, message, code=code) if is_openai_path(request) else {"error": message}
+    if request.url.path.startswith("/v1/messages"):
+        body = anthropic_types.error_body(status, message)
+    elif is_openai_path(request):
+        body = error_body(status, message, code=code)
+    else:
+        body = {"error": message}
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers)
     return JSONResponse(body, status_code=status, headers=headers)
@@ -91,7 +113,8 @@ def error_response(request: Request, status: int, message: str, headers: dict[st
 
 async def _lokal_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LokalError)
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, ServerBusy) else None
+    retry_after = getattr(exc, "retry_after", None)  # ServerBusy, RateLimited
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     if exc.status >= 500:
         log.error("%s %s: %s", request.method, request.url.path, exc.message)
     code = "model_not_found" if exc.status == 404 and is_openai_path(request) else None

@@ -75,6 +75,43 @@ def text_list(value: Any, field: str, allow_empty: bool = True) -> list[str]:
     raise BadRequest(f"{field} must be a string or a list of strings (token arrays are not supported)")
 
 
+def parse_think(value: bool | str | None) -> internal.Think:
+    """Ollama's ``think``: true/false or an effort level; OpenAI's ``reasoning_effort`` goes through here too."""
+    if value is None or isinstance(value, bool):
+        return value
+    level = value.strip().lower()
+    if level in ("low", "medium", "high"):
+        return level  # type: ignore[return-value]
+    if level in ("true", "false"):
+        return level == "true"
+    if level in ("none", "minimal"):  # OpenAI's "no reasoning"
+        return False
+    raise BadRequest(f'think must be true, false, "low", "medium" or "high", got {value!r}')
+
+
+def parse_tool_choice(value: str | dict[str, Any] | None) -> str | None:
+    """``tool_choice`` in any flavour's shape → "auto", "none", "required" or a function's name.
+
+    OpenAI chat: a string or ``{"type": "function", "function": {"name"}}``; Responses: ``{"type":
+    "function", "name"}``; Anthropic: ``{"type": "auto" | "any" | "none" | "tool", "name"}``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value in ("auto", "none", "required"):
+            return value
+        raise BadRequest(f'tool_choice must be "auto", "none", "required" or a function, got {value!r}')
+    kind = value.get("type")
+    if kind in ("auto", "none"):
+        return kind
+    if kind == "any":
+        return "required"
+    name = (value.get("function") or {}).get("name") if kind == "function" else None
+    name = name or (value.get("name") if kind in ("function", "tool") else None)
+    if not isinstance(name, str) or not name:
+        raise BadRequest("tool_choice must name a function: {\"type\": \"function\", \"function\": {\"name\": …}}")
+    return name
+
+
 # ---- responding -------------------------------------------------------------------------------------------
 
 
@@ -85,8 +122,8 @@ async def respond(request: Request, stream: bool, events: AsyncIterator[internal
     first = await first_event(request, events)
     if stream:
         return streaming_response(render_stream(first, events, renderer), media_type)
-    text, done = await until_disconnected(request, collect(first, events))
-    return JSONResponse(renderer.final(done, text))
+    answer, done = await until_disconnected(request, collect(first, events))
+    return JSONResponse(renderer.final(done, answer))
 
 
 async def iterate_in_thread(make: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:

@@ -89,8 +89,8 @@ async def download(body: DownloadRequest, request: Request) -> Response:
     name = body.model if isinstance(body.model, str) else body.model.Name
     if not name:
         raise BadRequest("model name is required")
-    events = iterate_in_thread(lambda: pull_model(runtime.store, name, runtime.settings,
-                                                            allow_local_files=False))
+    events = iterate_in_thread(lambda: pull_model(runtime.store, name, runtime.settings, allow_local_files=False,
+                                                  allow_private=runtime.settings.allow_private_pulls))
 
     async def lines() -> AsyncIterator[bytes]:
         result: dict[str, Any] = {"success": True, "errorMessage": None}

@@ -17,9 +17,9 @@ from lokal.errors import BadRequest, DigestMismatch, LokalError, ModelNotFound
 from lokal.model_info import details_fields, listing_details
 from lokal.store.blobs import normalize_digest
 from lokal.server import ollama_types as wire
-from lokal.server.edge import (check_logprobs, decode_base64, iterate_in_thread, parse_keep_alive, respond,
-                               runtime_of, text_list)
-from lokal.server.streaming import (NDJSON, JSONResponse, close_quietly, ndjson_line, now_rfc3339,
+from lokal.server.edge import (check_logprobs, decode_base64, iterate_in_thread, parse_keep_alive, parse_think,
+                               respond, runtime_of, text_list)
+from lokal.server.streaming import (NDJSON, Answer, JSONResponse, close_quietly, ndjson_line, now_rfc3339,
                                     streaming_response, until_disconnected)
 
 log = logging.getLogger("lokal.server")
@@ -45,13 +45,6 @@ def parse_format(value: wire.Format) -> internal.Format:
     return value
 
 
-def check_generation_extras(body: wire.GenerateOptions) -> None:
-    """Fields the official client can send that lokal cannot honour yet: a clear 400, not a silent no."""
-    if body.think not in (None, False, "", "false"):
-        raise BadRequest("thinking is not supported by this model")
-    check_logprobs(body.logprobs, body.top_logprobs)
-
-
 def to_message(message: wire.Message) -> internal.Message:
     tool_calls = None
     if message.tool_calls:
@@ -61,22 +54,22 @@ def to_message(message: wire.Message) -> internal.Message:
 
 
 def to_generate_request(body: wire.GenerateRequest) -> internal.GenerateRequest:
-    check_generation_extras(body)
+    check_logprobs(body.logprobs, body.top_logprobs)
     images = decode_images(body.images)
     # An empty prompt means "load the model", as in Ollama (unless images make it a real request).
     prompt = body.prompt if body.prompt or images else None
     return internal.GenerateRequest(
         model=body.model, prompt=prompt, system=body.system, template=body.template, suffix=body.suffix,
         raw=body.raw, context=body.context, images=images, format=parse_format(body.format),
-        options=body.options, keep_alive=parse_keep_alive(body.keep_alive))
+        options=body.options, keep_alive=parse_keep_alive(body.keep_alive), think=parse_think(body.think))
 
 
 def to_chat_request(body: wire.ChatRequest) -> internal.GenerateRequest:
-    check_generation_extras(body)
+    check_logprobs(body.logprobs, body.top_logprobs)
     messages = [to_message(m) for m in body.messages] or None
     return internal.GenerateRequest(
         model=body.model, messages=messages, tools=body.tools or None, format=parse_format(body.format),
-        options=body.options, keep_alive=parse_keep_alive(body.keep_alive))
+        options=body.options, keep_alive=parse_keep_alive(body.keep_alive), think=parse_think(body.think))
 
 
 # ---- rendering: internal → wire --------------------------------------------------------------------------
@@ -99,21 +92,34 @@ def error_line(error: LokalError) -> bytes:
     return ndjson_line({"error": error.message})
 
 
+def ollama_tool_calls(calls: list[dict[str, Any]], first_index: int = 0) -> list[dict[str, Any]]:
+    """Calls as Ollama writes them: arguments as an object, each with its position among the message's."""
+    return [{"function": {"index": first_index + offset, "name": call["function"]["name"],
+                          "arguments": call["function"]["arguments"]}}
+            for offset, call in enumerate(calls)]
+
+
 class GenerateRenderer:
     def __init__(self, model: str):
         self.model = model
 
     def token(self, token: internal.Token) -> bytes:
-        return ndjson_line({"model": self.model, "created_at": now_rfc3339(), "response": token.text, "done": False})
+        line = {"model": self.model, "created_at": now_rfc3339(), "response": token.text, "done": False}
+        if token.thinking:
+            line["thinking"] = token.thinking
+        return ndjson_line(line)
 
-    def final(self, done: internal.Done, text: str) -> dict[str, Any]:
-        body = {"model": self.model, "created_at": now_rfc3339(), "response": text, **done_fields(done)}
+    def final(self, done: internal.Done, answer: Answer) -> dict[str, Any]:
+        body = {"model": self.model, "created_at": now_rfc3339(), "response": answer.text}
+        if answer.thinking:
+            body["thinking"] = answer.thinking
+        body.update(done_fields(done))
         if done.context:
             body["context"] = done.context
         return body
 
     def done(self, done: internal.Done) -> bytes:
-        return ndjson_line(self.final(done, ""))
+        return ndjson_line(self.final(done, Answer()))
 
     error = staticmethod(error_line)
 
@@ -121,17 +127,27 @@ class GenerateRenderer:
 class ChatRenderer:
     def __init__(self, model: str):
         self.model = model
+        self.num_calls = 0
+
+    def _message(self, content: str, thinking: str, calls: list[dict[str, Any]] | None) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if thinking:
+            message["thinking"] = thinking
+        if calls:
+            message["tool_calls"] = ollama_tool_calls(calls, self.num_calls)
+            self.num_calls += len(calls)
+        return message
 
     def token(self, token: internal.Token) -> bytes:
         return ndjson_line({"model": self.model, "created_at": now_rfc3339(),
-                            "message": {"role": "assistant", "content": token.text}, "done": False})
+                            "message": self._message(token.text, token.thinking, token.tool_calls), "done": False})
 
-    def final(self, done: internal.Done, text: str) -> dict[str, Any]:
+    def final(self, done: internal.Done, answer: Answer) -> dict[str, Any]:
         return {"model": self.model, "created_at": now_rfc3339(),
-                "message": {"role": "assistant", "content": text}, **done_fields(done)}
+                "message": self._message(answer.text, answer.thinking, answer.tool_calls), **done_fields(done)}
 
     def done(self, done: internal.Done) -> bytes:
-        return ndjson_line(self.final(done, ""))
+        return ndjson_line(self.final(done, Answer()))
 
     error = staticmethod(error_line)
 
@@ -315,9 +331,10 @@ async def pull(body: wire.PullRequest, request: Request) -> Response:
     from lokal.store.sources import pull as pull_model
 
     runtime = runtime_of(request)
-    return await respond_progress(request, body.stream, lambda: pull_model(runtime.store, body.model, runtime.settings,
-                                                                           insecure=body.insecure,
-                                                                           allow_local_files=False))
+    # A remote caller may not import the server's files or reach its private network (SSRF).
+    return await respond_progress(request, body.stream, lambda: pull_model(
+        runtime.store, body.model, runtime.settings, insecure=body.insecure, allow_local_files=False,
+        allow_private=runtime.settings.allow_private_pulls))
 
 
 @router.post("/api/create", response_model=wire.ProgressResponse, tags=["ollama"])

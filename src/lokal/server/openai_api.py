@@ -17,8 +17,9 @@ from fastapi import APIRouter, Request, Response
 from lokal import types as internal
 from lokal.errors import BadRequest, LokalError
 from lokal.server import openai_types as wire
-from lokal.server.edge import check_logprobs, decode_base64, parse_keep_alive, respond, runtime_of, text_list
-from lokal.server.streaming import SSE, SSE_DONE, JSONResponse, sse_event, until_disconnected
+from lokal.server.edge import (check_logprobs, decode_base64, parse_keep_alive, parse_think, parse_tool_choice,
+                               respond, runtime_of, text_list)
+from lokal.server.streaming import SSE, SSE_DONE, Answer, JSONResponse, sse_event, until_disconnected
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -126,8 +127,9 @@ def to_chat_request(body: wire.ChatCompletionRequest) -> internal.GenerateReques
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     return internal.GenerateRequest(
         model=body.model, messages=to_messages(body.messages), tools=body.tools or None,
-        format=response_format(body.response_format), options=sampling_options(body, max_tokens),
-        keep_alive=parse_keep_alive(body.keep_alive))
+        tool_choice=parse_tool_choice(body.tool_choice), format=response_format(body.response_format),
+        options=sampling_options(body, max_tokens), keep_alive=parse_keep_alive(body.keep_alive),
+        think=parse_think(body.reasoning_effort))
 
 
 def single_prompt(prompt: Any) -> str:
@@ -160,18 +162,31 @@ def usage(done: internal.Done) -> dict[str, int]:
             "total_tokens": prompt_tokens + done.eval_count}
 
 
-def finish_reason(done: internal.Done) -> str:
+def finish_reason(done: internal.Done, num_calls: int = 0) -> str:
+    if num_calls:
+        return "tool_calls"
     return "length" if done.reason == "length" else "stop"
+
+
+def openai_tool_calls(calls: list[dict[str, Any]], first_index: int = 0) -> list[dict[str, Any]]:
+    """Calls as OpenAI writes them: an id per call and the arguments as a JSON string."""
+    return [{"index": first_index + offset, "id": "call_" + secrets.token_hex(12), "type": "function",
+             "function": {"name": call["function"]["name"],
+                          "arguments": json.dumps(call["function"]["arguments"], ensure_ascii=False)}}
+            for offset, call in enumerate(calls)]
 
 
 class CompletionRenderer:
     """Chat completions (``chat=True``) and legacy text completions share everything but the shapes."""
 
-    def __init__(self, model: str, chat: bool, include_usage: bool, prefix: str = ""):
+    def __init__(self, model: str, chat: bool, include_usage: bool, prefix: str = "",
+                 parallel_tool_calls: bool = True):
         self.model = model
         self.is_chat = chat
         self.include_usage = include_usage
         self.prefix = prefix  # echo: the prompt in front of the answer
+        self.parallel_tool_calls = parallel_tool_calls
+        self.num_calls = 0
         self.id = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         self.created = int(time.time())
         self.object = "chat.completion" if chat else "text_completion"
@@ -180,24 +195,40 @@ class CompletionRenderer:
         return {"id": self.id, "object": object_name, "created": self.created, "model": self.model,
                 "system_fingerprint": SYSTEM_FINGERPRINT, "choices": choices}
 
-    def _chunk_choice(self, text: str, finish: str | None) -> dict[str, Any]:
-        if self.is_chat:
-            return {"index": 0, "delta": {"role": "assistant", "content": text}, "logprobs": None,
-                    "finish_reason": finish}
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    def _calls(self, calls: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+        """The calls to report, numbered after those already sent; one in all unless parallel calls are on."""
+        calls = list(calls or ())
+        if not self.parallel_tool_calls:
+            calls = calls[: max(0, 1 - self.num_calls)]
+        converted = openai_tool_calls(calls, self.num_calls)
+        self.num_calls += len(converted)
+        return converted
 
-    def _chunk(self, text: str, finish: str | None) -> bytes:
+    def _chunk(self, text: str, finish: str | None, thinking: str = "",
+               calls: list[dict[str, Any]] | None = None) -> bytes:
         chunk_object = "chat.completion.chunk" if self.is_chat else "text_completion"
-        return sse_event(self._envelope([self._chunk_choice(text, finish)], chunk_object))
+        if self.is_chat:
+            delta: dict[str, Any] = {"role": "assistant", "content": text}
+            if thinking:
+                delta["reasoning_content"] = thinking
+            if calls:
+                delta["tool_calls"] = calls
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        return sse_event(self._envelope([choice], chunk_object))
 
     def token(self, token: internal.Token) -> bytes:
+        text = token.text
         if self.prefix:
-            text, self.prefix = self.prefix + token.text, ""
-            return self._chunk(text, None)
-        return self._chunk(token.text, None)
+            text, self.prefix = self.prefix + text, ""
+        calls = self._calls(token.tool_calls) if token.tool_calls else None
+        if not text and not token.thinking and not calls:
+            return b""
+        return self._chunk(text, None, token.thinking, calls)
 
     def done(self, done: internal.Done) -> bytes:
-        out = self._chunk(self.prefix, finish_reason(done))
+        out = self._chunk(self.prefix, finish_reason(done, self.num_calls))
         if self.include_usage:
             chunk_object = "chat.completion.chunk" if self.is_chat else "text_completion"
             out += sse_event({**self._envelope([], chunk_object), "usage": usage(done)})
@@ -206,11 +237,17 @@ class CompletionRenderer:
     def error(self, error: LokalError) -> bytes:
         return sse_event(wire.error_body(error.status, error.message))
 
-    def final(self, done: internal.Done, text: str) -> dict[str, Any]:
-        text = self.prefix + text
+    def final(self, done: internal.Done, answer: Answer) -> dict[str, Any]:
+        text = self.prefix + answer.text
         if self.is_chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                      "finish_reason": finish_reason(done)}
+            calls = self._calls(answer.tool_calls)
+            message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
+            if answer.thinking:
+                message["reasoning_content"] = answer.thinking
+            if calls:
+                message["tool_calls"] = [{k: v for k, v in call.items() if k != "index"} for call in calls]
+            choice = {"index": 0, "message": message, "logprobs": None,
+                      "finish_reason": finish_reason(done, len(calls))}
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason(done)}
         return {**self._envelope([choice], self.object), "usage": usage(done)}
@@ -222,9 +259,17 @@ class CompletionRenderer:
 @router.post("/chat/completions", response_model=wire.ChatCompletion)
 async def chat_completions(body: wire.ChatCompletionRequest, request: Request) -> Response:
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    renderer = CompletionRenderer(body.model, chat=True, include_usage=include_usage)
+    renderer = CompletionRenderer(body.model, chat=True, include_usage=include_usage,
+                                  parallel_tool_calls=body.parallel_tool_calls is not False)
     events = runtime_of(request).generate(to_chat_request(body))
     return await respond(request, bool(body.stream), events, renderer, SSE)
+
+
+@router.post("/chat/completions/input_tokens", response_model=wire.InputTokens)
+async def chat_input_tokens(body: wire.ChatCompletionRequest, request: Request) -> Response:
+    """How many tokens this chat's prompt is (messages, tools and the model's template), without generating."""
+    count = await until_disconnected(request, runtime_of(request).count_tokens(to_chat_request(body)))
+    return JSONResponse({"object": "response.input_tokens", "input_tokens": count})
 
 
 @router.post("/completions", response_model=wire.Completion)

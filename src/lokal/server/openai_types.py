@@ -88,11 +88,12 @@ class ChatCompletionRequest(SamplingFields):
     response_format: dict[str, Any] | None = None
     """{"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema": {"schema": …}}."""
     tools: list[dict[str, Any]] | None = None
-    """Tools the model may call, passed to the chat template."""
+    """Tools the model may call ({"type": "function", "function": {"name", "description", "parameters"}})."""
     tool_choice: str | dict[str, Any] | None = None
-    """Accepted; the chat template decides."""
+    """"auto" (default), "none", "required" or {"type": "function", "function": {"name"}}; required and a
+    named function are enforced with a grammar built from the function's parameters schema."""
     parallel_tool_calls: bool | None = None
-    """Accepted and ignored."""
+    """false: at most one tool call per answer."""
     logprobs: bool | None = None
     """Not supported yet."""
     top_logprobs: int | None = None
@@ -104,7 +105,7 @@ class ChatCompletionRequest(SamplingFields):
     service_tier: str | None = None
     """Ignored."""
     reasoning_effort: str | None = None
-    """Ignored."""
+    """Thinking for models that think ("low", "medium", "high"; "none" turns it off)."""
     verbosity: str | None = None
     """Ignored."""
     modalities: list[str] | None = None
@@ -250,3 +251,9 @@ def error_body(status: int, message: str, code: str | None = None, param: str | 
     """OpenAI's error object: ``{"error": {"message", "type", "param", "code"}}``."""
     error_type = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+class InputTokens(BaseModel):
+    object: Literal["response.input_tokens"] = "response.input_tokens"
+    input_tokens: int
+    """Tokens of the templated prompt."""

@@ -61,7 +61,11 @@ def serve(settings: Settings) -> None:
     from lokal.runtime import Runtime
     from lokal.server.app import create_app
     from lokal.server.logs import configure_logging
+    from lokal.security.keys import KeyStore
+    from lokal.security.policy import check_serve_allowed, keys_path
 
+    check_serve_allowed(settings, KeyStore(keys_path(settings)).has_active_keys())
+    tls = tls_options(settings)
     host, port = settings.host
     sock = bind(host, port)
     configure_logging(bool(settings.debug), settings.log_format)
@@ -70,15 +74,33 @@ def serve(settings: Settings) -> None:
     # lokal.access writes the access lines (with request ids and tokens) and logs.py formats uvicorn's own.
     config = uvicorn.Config(create_app(runtime), log_level="debug" if settings.debug else "info",
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, server_header=False,
-                            access_log=False, log_config=None)
+                            access_log=False, log_config=None, **tls)
     shown_host = f"[{host}]" if ":" in host else host
-    banner = f"lokal {_version()} listening on http://{shown_host}:{port} (models in {settings.models})"
+    scheme = "https" if tls else "http"
+    banner = f"lokal {_version()} listening on {scheme}://{shown_host}:{port} (models in {settings.models})"
     if settings.log_format == "json":
         log.info("%s", banner)  # every line a JSON object
     else:
         print(banner, file=sys.stderr, flush=True)
     _exit_zero_on_stop_signals()
     _Server(config, runtime).run(sockets=[sock])
+
+
+def tls_options(settings: Settings) -> dict[str, str]:
+    """uvicorn's TLS arguments from LOKAL_TLS_CERT/KEY (both or neither), checked to load before binding."""
+    cert, key = settings.tls_cert, settings.tls_key
+    if cert is None and key is None:
+        return {}
+    if cert is None or key is None:
+        raise ConfigError("TLS needs both a certificate and its key: set --tls-cert and --tls-key "
+                          "(LOKAL_TLS_CERT and LOKAL_TLS_KEY)")
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot use the TLS certificate {cert} with key {key}: {exc}") from None
+    return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
 
 
 def _exit_zero_on_stop_signals() -> None:

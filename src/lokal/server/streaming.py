@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Awaitable, Protocol, TypeVar
 
@@ -61,9 +62,23 @@ class Renderer(Protocol):
 
     def error(self, error: LokalError) -> bytes: ...
 
-    def final(self, done: Done, text: str) -> dict[str, Any]:
+    def final(self, done: Done, answer: Answer) -> dict[str, Any]:
         """The whole answer as one JSON object, for non-streaming requests."""
         ...
+
+
+@dataclass
+class Answer:
+    """A whole generated answer, split as the runtime split its tokens."""
+
+    text: str = ""
+    thinking: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, token: Token) -> None:
+        self.text += token.text
+        self.thinking += token.thinking
+        self.tool_calls.extend(token.tool_calls or ())
 
 
 async def close_quietly(events: AsyncIterator[Any]) -> None:
@@ -97,7 +112,9 @@ async def render_stream(first: Event, events: AsyncIterator[Event], renderer: Re
     try:
         event = first
         while not isinstance(event, Done):
-            yield renderer.token(event)
+            chunk = renderer.token(event)
+            if chunk:  # a renderer may have nothing to say for a token (e.g. text held back)
+                yield chunk
             event = await anext(events)
             note_event(event)
         yield renderer.done(event)
@@ -112,16 +129,16 @@ async def render_stream(first: Event, events: AsyncIterator[Event], renderer: Re
         await close_quietly(events)
 
 
-async def collect(first: Event, events: AsyncIterator[Event]) -> tuple[str, Done]:
-    """The whole answer text and the final Done, for non-streaming responses."""
-    parts: list[str] = []
+async def collect(first: Event, events: AsyncIterator[Event]) -> tuple[Answer, Done]:
+    """The whole answer and the final Done, for non-streaming responses."""
+    answer = Answer()
     try:
         event = first
         while not isinstance(event, Done):
-            parts.append(event.text)
+            answer.add(event)
             event = await anext(events)
             note_event(event)
-        return "".join(parts), event
+        return answer, event
     except StopAsyncIteration:
         raise LokalError("the generation ended without a result") from None
     finally:

@@ -3,6 +3,10 @@
 A blob becomes visible only when complete: bytes go to a ``-partial`` file, are hashed while streaming,
 fsynced and renamed to the final name. A partial for a known digest survives a crash and is resumed by
 the next writer; a partial for an unknown digest (URL or file import) is thrown away.
+
+With a ``cipher`` (LOKAL_ENCRYPTION_KEY) a blob is encrypted when it is committed, and every read below
+(``size``, ``verify``, ``read_bytes``, ``plain_path``) sees plaintext whichever form a blob is stored in;
+see ``lokal.security.encryption``. Partial downloads stay plaintext until committed, so they can resume.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Iterator
 
-from lokal.errors import DigestMismatch, DiskFull, InvalidDigest, StoreError
+from lokal.errors import DecryptionError, DigestMismatch, DiskFull, InvalidDigest, StoreError
+from lokal.security import encryption
+from lokal.security.encryption import Cipher
 
 CHUNK_SIZE = 1 << 20
 # Errors that mean "no room for these bytes": a full disk, a quota, or a file size limit.
@@ -143,8 +149,12 @@ class BlobWriter:
         if final.exists():
             self._discard()  # the same bytes are already stored (another pull or an identical import)
         else:
-            os.replace(self.temp_path, final)
-            self._close()
+            if self._store.cipher is not None:
+                self._store.seal(self.temp_path, final)
+                self._discard()
+            else:
+                os.replace(self.temp_path, final)
+                self._close()
             fsync_directory(self._store.root)
         self.is_committed = True
         return actual
@@ -173,20 +183,68 @@ class BlobWriter:
 class BlobStore:
     """The ``blobs`` directory of a model store."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, cipher: Cipher | None = None):
         self.root = Path(root)
+        self.cipher = cipher
 
     def path(self, digest: str) -> Path:
+        """Where the blob is stored (encrypted or not); readers want ``plain_path`` or ``read_bytes``."""
         return self.root / f"sha256-{digest_hex(digest)}"
 
     def exists(self, digest: str) -> bool:
         return self.path(digest).is_file()
 
     def size(self, digest: str) -> int:
+        """The blob's size in plaintext bytes (what manifests record)."""
         try:
-            return self.path(digest).stat().st_size
+            stored = self.path(digest).stat().st_size
         except FileNotFoundError:
             raise StoreError(f"blob {normalize_digest(digest)} is not in the store") from None
+        return encryption.plaintext_size(stored) if self.is_encrypted(digest) else stored
+
+    # -- encryption at rest ----------------------------------------------------------------------------------
+
+    def is_encrypted(self, digest: str) -> bool:
+        return encryption.is_encrypted_file(self.path(digest))
+
+    def _required_cipher(self, digest: str) -> Cipher:
+        if self.cipher is None:
+            raise DecryptionError(f"blob {normalize_digest(digest)} is encrypted: set LOKAL_ENCRYPTION_KEY or "
+                                  f"LOKAL_ENCRYPTION_KEY_FILE to the key it was encrypted with")
+        return self.cipher
+
+    def plain_chunks(self, digest: str) -> Iterator[bytes]:
+        path = self.path(digest)
+        with open(path, "rb") as file:
+            if file.read(len(encryption.MAGIC)) == encryption.MAGIC:
+                file.seek(0)
+                yield from self._required_cipher(digest).decrypt_chunks(file, f"blob {normalize_digest(digest)}")
+                return
+            file.seek(0)
+            while chunk := file.read(CHUNK_SIZE):
+                yield chunk
+
+    def read_bytes(self, digest: str) -> bytes:
+        """A (small) blob's plaintext."""
+        return b"".join(self.plain_chunks(digest))
+
+    def plain_path(self, digest: str) -> Path:
+        """A path holding the blob's plaintext: the blob itself, or a private decrypted copy."""
+        path = self.path(digest)
+        if not self.is_encrypted(digest):
+            return path
+        return encryption.DECRYPTED.path_for(self._required_cipher(digest), path, f"blob {normalize_digest(digest)}")
+
+    def seal(self, plain: Path, final: Path) -> None:
+        """Encrypt ``plain`` into ``final`` atomically (temp file, fsync, rename); ``plain`` is left as is."""
+        assert self.cipher is not None
+        temp = final.with_name(final.name + "-sealing")
+        try:
+            encryption.encrypt_file(self.cipher, plain, temp)
+            os.replace(temp, final)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
 
     def writer(self, digest: str | None = None) -> BlobWriter:
         """A writer for a blob whose digest is known (resumable) or computed while streaming (``None``)."""
@@ -221,12 +279,11 @@ class BlobStore:
             os.close(fd)
 
     def verify(self, digest: str) -> bool:
-        """Re-hash a stored blob and compare it with its name."""
+        """Re-hash a stored blob's plaintext and compare it with its name."""
         hasher = hashlib.sha256()
         try:
-            with open(self.path(digest), "rb") as blob:
-                while chunk := blob.read(CHUNK_SIZE):
-                    hasher.update(chunk)
+            for chunk in self.plain_chunks(digest):
+                hasher.update(chunk)
         except FileNotFoundError:
             return False
         return hasher.hexdigest() == digest_hex(digest)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lokal.errors import InvalidModelName, LokalError, ModelNotFound, StoreError
+from lokal.security.encryption import Cipher
 from lokal.store.blobs import BlobStore, fsync_directory
 from lokal.store.manifests import Layer, Manifest, media_type_of
 from lokal.store.names import ModelName
@@ -71,14 +72,15 @@ def _writable_name(name: str | ModelName) -> ModelName:
 
 
 class Store:
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, cipher: Cipher | None = None):
         self.root = Path(root).expanduser()
-        self.blobs = BlobStore(self.root / "blobs")
+        self.blobs = BlobStore(self.root / "blobs", cipher)
         self.manifests_dir = self.root / "manifests"
 
     @classmethod
     def from_settings(cls, settings: Any) -> Store:
-        return cls(settings.models)
+        """The store at LOKAL_MODELS, encrypting new blobs when an encryption key is configured."""
+        return cls(settings.models, Cipher.from_settings(settings))
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -213,8 +215,8 @@ class Store:
 
     def _check_blob(self, name: ModelName, layer: Layer) -> None:
         try:
-            size = self.blobs.path(layer.digest).stat().st_size
-        except FileNotFoundError:
+            size = self.blobs.size(layer.digest)
+        except StoreError:
             raise StoreError(f"cannot write the manifest of {name.display}: blob {layer.digest} "
                              f"({layer.media_type}) is not in the store") from None
         if size != layer.size:
@@ -304,28 +306,27 @@ class Store:
         layer = entry.manifest.layer("model")
         if layer is None:
             raise StoreError(f"model {entry.name.display} has no weights layer")
-        path = self.blobs.path(layer.digest)
         try:
-            size = path.stat().st_size
-        except FileNotFoundError:
+            size = self.blobs.size(layer.digest)
+        except StoreError:
             raise StoreError(f"the weights of {entry.name.display} (blob {layer.digest}) are missing "
                              f"from the store; pull the model again") from None
         if size != layer.size:
             raise StoreError(f"the weights of {entry.name.display} are incomplete or corrupt: blob "
                              f"{layer.digest} has {size} bytes, the manifest says {layer.size}; "
                              f"pull the model again")
-        return path
+        return self.blobs.plain_path(layer.digest)
 
     def _layer_path(self, entry: ModelEntry, layer: Layer) -> Path:
         path = self.blobs.path(layer.digest)
         if not path.is_file():
             raise StoreError(f"the {layer.kind or layer.media_type} of {entry.name.display} (blob "
                              f"{layer.digest}) is missing from the store")
-        return path
+        return self.blobs.plain_path(layer.digest)
 
     def _read_layer(self, entry: ModelEntry, layer: Layer) -> str:
         try:
-            return self.blobs.path(layer.digest).read_text(encoding="utf-8")
+            return self.blobs.read_bytes(layer.digest).decode("utf-8")
         except FileNotFoundError:
             raise StoreError(f"the {layer.kind or layer.media_type} of {entry.name.display} (blob "
                              f"{layer.digest}) is missing from the store") from None

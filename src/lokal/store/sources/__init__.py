@@ -59,17 +59,20 @@ class Pull(Iterator[Progress]):
 
 
 def pull(store: Store, name: str, settings: Settings, *, insecure: bool = False, target: str | None = None,
-         catalog: Catalog | None = None, allow_local_files: bool = True) -> Pull:
+         catalog: Catalog | None = None, allow_local_files: bool = True, allow_private: bool = True) -> Pull:
     return Pull(store, plan_pull(name, settings, insecure=insecure, target=target, catalog=catalog,
-                                 allow_local_files=allow_local_files))
+                                 allow_local_files=allow_local_files, allow_private=allow_private))
 
 
 def plan_pull(text: str, settings: Settings, *, insecure: bool = False, target: str | None = None,
-              catalog: Catalog | None = None, allow_local_files: bool = True) -> PullPlan:
+              catalog: Catalog | None = None, allow_local_files: bool = True, allow_private: bool = True
+              ) -> PullPlan:
     """Which source ``text`` means and which name it will be stored under.
 
     ``allow_local_files=False`` is for pulls a remote client asks for: a server must not let callers
-    import whatever file the server process can read (upload blobs with /api/blobs instead)."""
+    import whatever file the server process can read (upload blobs with /api/blobs instead).
+    ``allow_private=False`` likewise keeps such pulls from reaching private, loopback and link-local
+    addresses (URLs and ``host/namespace/model`` names; see ``lokal.security.ssrf``)."""
     if not isinstance(text, str) or not text.strip():
         raise BadRequest("a model name to pull is required")
     text = text.strip()
@@ -83,7 +86,8 @@ def plan_pull(text: str, settings: Settings, *, insecure: bool = False, target: 
             raise BadRequest(f"{text} is not a file")
         return PullPlan(FileSource(path), target_name or name_from_file(path.name))
     if text.lower().startswith(("http://", "https://")):
-        return PullPlan(URLSource(text, insecure=insecure), target_name or default_name_for_url(text))
+        return PullPlan(URLSource(text, insecure=insecure, allow_private=allow_private),
+                        target_name or default_name_for_url(text))
     if text.lower().startswith(_HF_PREFIXES):
         name = ModelName.parse(text)
         return PullPlan(HFSource.for_name(name), target_name or name)
@@ -91,7 +95,8 @@ def plan_pull(text: str, settings: Settings, *, insecure: bool = False, target: 
     variant = (catalog or Catalog.packaged()).resolve(text)
     if variant is not None:
         return PullPlan(_catalog_source(variant, settings, insecure), target_name or name)
-    return PullPlan(RegistrySource.for_name(name, settings.registry, insecure=insecure), target_name or name)
+    return PullPlan(RegistrySource.for_name(name, settings.registry, insecure=insecure, allow_private=allow_private),
+                    target_name or name)
 
 
 def _is_local_path(text: str) -> bool:

@@ -53,10 +53,16 @@ def pulling_status(digest: str) -> str:
     return f"pulling {digest[7:19]}"
 
 
-def http_client(*, insecure: bool = False) -> httpx.Client:
-    """Redirects are followed: registries and the hub send blob downloads on to a CDN."""
+def http_client(*, insecure: bool = False, allow_private: bool = True) -> httpx.Client:
+    """Redirects are followed: registries and the hub send blob downloads on to a CDN. With
+    ``allow_private=False`` every connection (redirects too) must reach a public address (SSRF guard)."""
     timeout = httpx.Timeout(30.0, read=120.0)
-    return httpx.Client(follow_redirects=True, timeout=timeout, verify=not insecure,
+    transport = None
+    if not allow_private:
+        from lokal.security.ssrf import public_only_transport
+
+        transport = public_only_transport(verify=not insecure)
+    return httpx.Client(follow_redirects=True, timeout=timeout, verify=not insecure, transport=transport,
                         headers={"User-Agent": USER_AGENT})
 
 
@@ -139,12 +145,12 @@ def write_gguf_model(store: Store, name: ModelName, model_digest: str, *, origin
     layers the source provides (template, system, params, license), then the manifest."""
     from lokal.store.gguf_info import read_details  # numpy-heavy; only pulls need it
 
-    model_path = store.blobs.path(model_digest)
+    model_path = store.blobs.plain_path(model_digest)
     with open(model_path, "rb") as file:
         if file.read(len(GGUF_MAGIC)) != GGUF_MAGIC:
             raise PullError(f"{origin} is not a GGUF file; lokal runs GGUF models")
     details = read_details(model_path)
-    model_layer = Layer(LAYER_KINDS["model"], model_digest, model_path.stat().st_size)
+    model_layer = Layer(LAYER_KINDS["model"], model_digest, store.blobs.size(model_digest))
     layers = [model_layer]
     for kind, data in (extra_layers or {}).items():
         layers.append(Layer(LAYER_KINDS[kind], store.blobs.add_bytes(data), len(data)))

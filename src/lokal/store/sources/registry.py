@@ -22,27 +22,30 @@ from lokal.store.store import Store
 class RegistrySource:
     """``remote`` on the registry at ``base_url`` (e.g. ``https://registry.ollama.ai``)."""
 
-    def __init__(self, base_url: str, remote: ModelName, *, insecure: bool = False):
+    def __init__(self, base_url: str, remote: ModelName, *, insecure: bool = False, allow_private: bool = True):
         self.base_url = base_url.rstrip("/")
         self.remote = remote
         self.insecure = insecure
+        self.allow_private = allow_private
         self.host = urlsplit(self.base_url).netloc or self.base_url
 
     @classmethod
-    def for_name(cls, remote: ModelName, default_registry: str, *, insecure: bool = False) -> RegistrySource:
-        """Names on the default host go to ``LOKAL_REGISTRY``; ``host/namespace/model`` to that host
-        (over plain HTTP only when ``insecure``, as ``ollama pull --insecure``)."""
+    def for_name(cls, remote: ModelName, default_registry: str, *, insecure: bool = False,
+                 allow_private: bool = True) -> RegistrySource:
+        """Names on the default host go to ``LOKAL_REGISTRY`` (configured, so trusted); ``host/namespace/model``
+        to that host (over plain HTTP only when ``insecure``, as ``ollama pull --insecure``), which a server
+        reaches only at a public address unless ``allow_private``."""
         if remote.host.lower() == DEFAULT_HOST:
             return cls(default_registry, remote, insecure=insecure)
         scheme = "http" if insecure else "https"
-        return cls(f"{scheme}://{remote.host}", remote, insecure=insecure)
+        return cls(f"{scheme}://{remote.host}", remote, insecure=insecure, allow_private=allow_private)
 
     def _url(self, kind: str, reference: str) -> str:
         return f"{self.base_url}/v2/{self.remote.namespace}/{self.remote.model}/{kind}/{reference}"
 
     def pull(self, store: Store, name: ModelName) -> Iterator[Progress]:
         yield Progress("pulling manifest")
-        with http_client(insecure=self.insecure) as client, store.writing():
+        with http_client(insecure=self.insecure, allow_private=self.allow_private) as client, store.writing():
             manifest = self._fetch_manifest(client)
             for layer in (manifest.config, *manifest.layers):
                 yield from download_blob(client, self._url("blobs", layer.digest), store.blobs,

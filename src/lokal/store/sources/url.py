@@ -31,7 +31,7 @@ def default_name_for_url(url: str) -> ModelName:
 
 
 class URLSource:
-    def __init__(self, url: str, *, insecure: bool = False):
+    def __init__(self, url: str, *, insecure: bool = False, allow_private: bool = True):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise BadRequest(f"not an http(s) URL: {url!r}")
@@ -40,9 +40,10 @@ class URLSource:
         self.url = urlunsplit(parts._replace(fragment=""))
         self.host = parts.netloc
         self.insecure = insecure
+        self.allow_private = allow_private  # False for pulls a remote caller asks a server for (SSRF)
 
     def pull(self, store: Store, name: ModelName) -> Iterator[Progress]:
-        with http_client(insecure=self.insecure) as client, store.writing():
+        with http_client(insecure=self.insecure, allow_private=self.allow_private) as client, store.writing():
             digest, size = self._probe(client)
             model_digest = yield from download_blob(client, self.url, store.blobs, digest=digest, size=size,
                                                     host=self.host, what=file_name_of(self.url))
