@@ -97,9 +97,8 @@ def test_seed_enterprise_modelfile(live_server, client, reference, tmp_path) -> 
                                          {"role": "user", "content": "Hi"}], add_generation_prompt=True)
     context = client.generate(model="enterprise-assistant", prompt="Hi", options={"num_predict": 1}).context
     assert context[:-1] == tokens(reference, expected)
-    # num_gpu 1 on a CPU-only build is accepted and reported.
+    # num_gpu 1 on a CPU-only build is accepted, and /api/ps reports the model on the CPU.
     assert client.ps().models[0].size_vram == 0
-    assert "num_gpu 1" in live_server.log()
 
 
 def test_seed_template_fragment_and_modelfile_round_trip(live_server, client, reference, tmp_path) -> None:  # noqa: F811
@@ -194,7 +193,7 @@ def test_bad_modelfiles_name_the_problem(live_server, tmp_path) -> None:
         "FROM nope-not-here\n": 'model "nope-not-here" not found',
         "FROM ./missing.gguf\n": "FROM ./missing.gguf: no such file",
         "FROM smollm2\nPARAMETER temprature 1\n": "line 2: unknown parameter 'temprature'",
-        "FROM smollm2\nFILE ./guide.txt\n": "FILE (knowledge documents) is not supported",
+        "FROM smollm2\nFILE ./guide.txt\n": "FILE ./guide.txt: no such file",
     }
     for text, message in cases.items():
         (tmp_path / "Modelfile").write_text(text)

@@ -441,9 +441,6 @@ class Runtime:
         device = await asyncio.to_thread(self._choose_device, entry, model_format)
         log.info("loading %s (%s, num_ctx=%d, num_parallel=%d) on %s", entry.name.display, model_format,
                  config.num_ctx, config.num_parallel, device.reason)
-        if config.num_gpu > 0 and model_format == "gguf" and not _gguf_gpu_offload():
-            log.warning("%s asks for num_gpu %d, but this llama.cpp build has no GPU backend: running on the CPU",
-                        entry.name.display, config.num_gpu)
         try:
             engine = await asyncio.to_thread(self._open_engine, path, config, model_format, device.provider)
         except LokalError:
@@ -536,12 +533,6 @@ class Runtime:
         log.info("unloaded %s (%s) in %.2f s; %s", model.entry.name.display, why, seconds, self._residency())
         self._tell(ResidencyEvent("unload", model.entry.name.display, seconds, cause))
         self._changed.notify_all()
-
-
-def _gguf_gpu_offload() -> bool:
-    from lokal.engine.llamacpp import gpu_offload_supported
-
-    return gpu_offload_supported()
 
 
 def _with_knowledge(request: GenerateRequest, system: str | None,

@@ -60,11 +60,6 @@ def extra_buffers_are_safe() -> bool:
     return b"AMX_INT8 = 1" not in llama.llama_print_system_info()
 
 
-def gpu_offload_supported() -> bool:
-    """Whether this llama.cpp build can put layers on a GPU (num_gpu > 0 means nothing otherwise)."""
-    return bool(llama.llama_supports_gpu_offload())
-
-
 def _load_mode(use_mmap: bool, use_mlock: bool) -> int:
     if use_mmap:
         return llama.LLAMA_LOAD_MODE_MMAP_MLOCK if use_mlock else llama.LLAMA_LOAD_MODE_MMAP
