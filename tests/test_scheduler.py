@@ -161,19 +161,23 @@ def use(slots: SlotTable, kv: FakeKv, prompt: list[int], cached: list[int]) -> i
     return lease.slot
 
 
-def test_prefix_reuse_picks_the_longest_common_prefix_and_trims_the_rest():
+def test_the_longest_prefix_is_moved_into_the_lowest_free_slot():
     kv = FakeKv()
     slots = SlotTable(3, kv, park_budget=10_000)
-    running = slots.acquire([0])  # keeps a slot busy, so idle caches are parked as they are released
-    for cached in ([1, 2, 3, 9], [1, 2, 3, 4, 5, 6], [9, 9]):
-        use(slots, kv, [cached[0]], cached)
-    assert sorted(entry.tokens for entry in slots.parked) == [[1, 2, 3, 4, 5, 6], [1, 2, 3, 9], [9, 9]]
+    for _ in range(3):
+        slots.acquire([0])
+    kv.compute(2, 6)
+    slots.release(2, [1, 2, 3, 4, 5, 6])
+    kv.compute(1, 2)
+    slots.release(1, [7, 8])
     kv.calls.clear()
-    lease = slots.acquire([1, 2, 3, 4, 7, 8])
-    assert lease.num_reused == 4 and lease.slot != running.slot
-    assert kv.calls == [("restore", lease.slot, 60), ("trim", lease.slot, 4)]
-    assert slots.slots[lease.slot].tokens == [1, 2, 3, 4]
-    assert sorted(entry.tokens for entry in slots.parked) == [[1, 2, 3, 9], [9, 9]]
+    lease = slots.acquire([1, 2, 3, 4, 9, 9])  # slot 1 is the lowest free one: slot 2's cache moves there
+    assert (lease.slot, lease.num_reused) == (1, 4)
+    assert kv.calls == [("save", 1), ("save", 2), ("restore", 1, 60), ("trim", 1, 4)]
+    assert [entry.tokens for entry in slots.parked] == [[7, 8]]  # slot 1's own cache was kept aside
+    assert slots.slots[1].tokens == [1, 2, 3, 4] and slots.slots[2].tokens == []
+    again = slots.acquire([7, 8, 9])  # the parked cache comes back into the next lowest free slot
+    assert (again.slot, again.num_reused) == (2, 2) and not slots.parked
 
 
 def test_an_idle_cache_stays_in_its_slot_while_nothing_runs():
@@ -185,50 +189,51 @@ def test_an_idle_cache_stays_in_its_slot_while_nothing_runs():
     assert [call[0] for call in kv.calls] == ["trim", "trim"] and not slots.parked
 
 
-def test_idle_caches_are_parked_whenever_a_slot_is_busy():
+def test_idle_caches_stay_in_place_while_other_slots_run():
     kv = FakeKv()
     slots = SlotTable(3, kv, park_budget=10_000)
-    first = use(slots, kv, [1], [1, 2, 3])
-    other = slots.acquire([7, 8])  # a different prompt: another slot, and the first one's KV leaves the context
-    assert other.slot != first and ("save", first) in kv.calls and kv.held[first] == 0
-    assert [entry.tokens for entry in slots.parked] == [[1, 2, 3]]
-    kv.compute(other.slot, 3)
-    slots.release(other.slot, [7, 8, 9])  # nothing else runs: it stays
-    assert kv.held[other.slot] == 3 and slots.slots[other.slot].tokens == [7, 8, 9]
-    busy = slots.acquire([5])
-    kv.compute(busy.slot, 1)
-    assert kv.held[other.slot] == 0 and len(slots.parked) == 2
-    third = slots.acquire([6])
-    kv.compute(third.slot, 2)
-    slots.release(third.slot, [6, 6])  # released while another slot runs: parked at once
-    assert kv.held[third.slot] == 0 and [6, 6] in [entry.tokens for entry in slots.parked]
+    slots.acquire([0])  # slot 0 busy
+    use(slots, kv, [1], [1, 2, 3])  # slot 1
+    assert kv.held[1] == 3 and slots.slots[1].tokens == [1, 2, 3] and not slots.parked
+    assert not any(call[0] == "save" for call in kv.calls)
+
+
+def test_another_conversations_cache_is_parked_rather_than_cut():
+    kv = FakeKv()
+    slots = SlotTable(2, kv, park_budget=10_000)
+    use(slots, kv, [1], [1, 2, 3, 4, 5, 6])
+    lease = slots.acquire([9, 9])
+    assert (lease.slot, lease.num_reused) == (0, 0)
+    assert [entry.tokens for entry in slots.parked] == [[1, 2, 3, 4, 5, 6]]
 
 
 def test_parked_caches_stay_within_the_budget_least_recently_used_dropped_first():
     kv = FakeKv()
-    slots = SlotTable(2, kv, park_budget=100)  # 10 positions
-    slots.acquire([0])
-    for cached in ([1] * 4, [2] * 4, [3] * 4):
-        use(slots, kv, cached[:1], cached)
+    slots = SlotTable(1, kv, park_budget=100)  # 10 positions
+    for cached in ([1] * 4, [2] * 4, [3] * 4, [4] * 4):
+        use(slots, kv, cached[:1], cached)  # each unrelated prompt parks the previous cache
     assert [entry.tokens for entry in slots.parked] == [[2] * 4, [3] * 4] and slots.num_parked_bytes == 80
-    use(slots, kv, [4], [4] * 11)  # larger than the whole budget: not kept
-    assert [entry.tokens for entry in slots.parked] == [[2] * 4, [3] * 4]
+    use(slots, kv, [5], [5] * 11)
+    slots.acquire([6])  # larger than the whole budget: not kept
+    assert [entry.tokens for entry in slots.parked] == [[3] * 4, [4] * 4]
 
 
 def test_a_parked_cache_that_a_newer_one_extends_is_dropped():
     kv = FakeKv()
-    slots = SlotTable(2, kv, park_budget=10_000)
-    slots.acquire([0])
-    use(slots, kv, [1], [1, 2, 3])
-    use(slots, kv, [1, 2, 3, 4], [1, 2, 3, 4, 5])  # the same chat, one turn on: restores, then parks again
+    slots = SlotTable(1, kv, park_budget=10_000)
+    slots.adopt([1, 2, 3], bytes(30))  # e.g. read back from disk
+    lease = slots.acquire([7])
+    kv.compute(lease.slot, 5)
+    slots.release(lease.slot, [1, 2, 3, 4, 5])
+    slots.acquire([8])
     assert [entry.tokens for entry in slots.parked] == [[1, 2, 3, 4, 5]]
 
 
 def test_a_restore_without_room_computes_the_whole_prompt():
     kv = FakeKv(has_room=False)
     slots = SlotTable(2, kv, park_budget=10_000)
-    slots.acquire([0])
     use(slots, kv, [1], [1, 2, 3])
+    slots.acquire([9])  # parks [1, 2, 3]
     lease = slots.acquire([1, 2, 3, 4])
     assert lease.num_reused == 0 and slots.slots[lease.slot].tokens == [] and not slots.parked
 
@@ -248,18 +253,17 @@ def test_the_last_prompt_token_is_always_recomputed():
     slots.release(0, [5, 6, 7, 8])
     lease = slots.acquire([5, 6, 7, 8])  # identical prompt: reuse all but the last token
     assert lease.num_reused == 3
-    slots.release(0, [5, 6, 7, 8])
+    slots.release(0, [5, 6])
     assert slots.acquire([5, 6]).num_reused == 1
 
 
-def test_ties_go_to_the_least_recently_used_slot():
+def test_a_new_request_takes_the_lowest_free_slot():
     slots = SlotTable(3, FakeKv())
-    for _ in range(3):
-        slots.acquire([0])
-    for slot_id in (2, 0, 1):  # released in this order: slot 2 is the least recently used
-        slots.release(slot_id, [40 + slot_id])
+    assert [slots.acquire([0]).slot for _ in range(3)] == [0, 1, 2]
+    slots.release(2, [40])
+    slots.release(0, [41])
+    assert slots.acquire([1, 2, 3]).slot == 0  # busy slots stay packed: one micro-batch per step
     assert slots.acquire([1, 2, 3]).slot == 2
-    assert slots.acquire([1, 2, 3]).slot == 0
 
 
 def test_a_cache_that_cannot_keep_a_partial_prefix_is_reused_from_zero():

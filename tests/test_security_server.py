@@ -231,3 +231,18 @@ def test_serve_refuses_a_public_bind_without_keys(tmp_path):
     result = subprocess.run([sys.executable, "-m", "lokal", "serve"], env=environ, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 1 and "--insecure-no-auth" in result.stderr
+
+
+def test_anthropic_client_with_x_api_key(secured):
+    import anthropic
+
+    http_client = anthropic.DefaultHttpxClient(verify=secured.ssl_context)  # the SDK's own httpx
+    client = anthropic.Anthropic(base_url=secured.url, api_key=secured.keys[Role.USER], http_client=http_client,
+                                 max_retries=0)
+    message = client.messages.create(model=MODEL, max_tokens=4,
+                                     messages=[{"role": "user", "content": "Say hi"}])
+    assert message.content[0].text
+    viewer = anthropic.Anthropic(base_url=secured.url, api_key=secured.keys[Role.VIEWER], http_client=http_client,
+                                 max_retries=0)
+    with pytest.raises(anthropic.PermissionDeniedError):
+        viewer.messages.create(model=MODEL, max_tokens=1, messages=[{"role": "user", "content": "hi"}])

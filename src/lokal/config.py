@@ -155,6 +155,8 @@ SETTINGS: tuple[Setting, ...] = (
             parse_optional_int, "OLLAMA_CONTEXT_LENGTH"),
     Setting("LOKAL_PROMPT_CACHE", "512", "MiB of memory per model for idle requests' KV, kept for prompts that "
             "continue them (0: none).", int),
+    Setting("LOKAL_DRAFT_NUM_PREDICT", "0", "Speculative decoding: most tokens guessed ahead per step by prompt "
+            "lookup (copying what followed the same words earlier), checked in the same decode (0: off).", int),
     Setting("LOKAL_KV_CACHE_TYPE", "f16", "KV cache element type: f16, q8_0 (half of f16's memory) or q4_0.",
             parse_kv_cache_type, "OLLAMA_KV_CACHE_TYPE"),
     Setting("LOKAL_FLASH_ATTENTION", "0", "Flash attention where llama.cpp supports it for the model.",
@@ -250,6 +252,8 @@ class Settings:
             raise ConfigError("LOKAL_NUM_PARALLEL must be at least 1")
         if self.max_loaded_models < 1:
             raise ConfigError("LOKAL_MAX_LOADED_MODELS must be at least 1")
+        if self.draft_num_predict < 0:
+            raise ConfigError("LOKAL_DRAFT_NUM_PREDICT must be 0 or more")
         if self.prompt_cache < 0:
             raise ConfigError("LOKAL_PROMPT_CACHE must be 0 or more (MiB)")
 

@@ -346,6 +346,12 @@ class Runtime:
             prompt_cache=self.settings.prompt_cache << 20,
             prefix_reuse=self.settings.prefix_reuse,
             kv_cache_type=self.settings.kv_cache_type,
+            # Idle caches survive unloads and restarts here, keyed by the weights' blob (KV depends on the
+            # weights, not on a manifest's parameters) and the KV element type (a cache saved with one cannot
+            # be read into another).
+            prompt_cache_dir=str(self.store.root / "kvcache" / f"{self.store.model_path(entry).name}-"
+                                                                f"{self.settings.kv_cache_type}"),
+            num_draft=self.settings.draft_num_predict if load.draft_num_predict is None else load.draft_num_predict,
         )
 
     async def _open(self, model: str) -> StoredModel:

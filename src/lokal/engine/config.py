@@ -23,6 +23,8 @@ class EngineConfig:
     embedding: bool = False  # embedding-only use: no generation context at all
     prompt_cache: int = 512 << 20  # bytes of idle slots' KV parked in host memory for prefix reuse (kv.py)
     prefix_reuse: bool = True  # False: every prompt is computed in full (LOKAL_PREFIX_REUSE=0)
+    prompt_cache_dir: str = ""  # where idle caches go when the engine closes and come from when it opens
+    num_draft: int = 0  # speculative decoding: most prompt-lookup guesses per step (draft.py); 0 off
 
     def __post_init__(self) -> None:
         if self.num_ctx < 16:
@@ -33,6 +35,8 @@ class EngineConfig:
             raise ConfigError(f"kv_cache_type must be one of {', '.join(KV_CACHE_TYPES)}")
         if self.prompt_cache < 0:
             raise ConfigError("prompt_cache must be 0 or more bytes")
+        if self.num_draft < 0:
+            raise ConfigError("num_draft must be 0 or more")
         if self.num_batch < 1:
             raise ConfigError("num_batch must be at least 1")
 

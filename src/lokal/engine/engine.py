@@ -14,14 +14,17 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable, Sequence
 
-from lokal.engine.detok import Detokenizer
 from lokal.engine.config import EngineConfig
+from lokal.engine.detok import Detokenizer
+from lokal.engine.draft import PromptLookup
 from lokal.engine.kv import SlotTable
+from lokal.engine.kv_files import load_prefixes, save_prefixes
 from lokal.engine.llamacpp import Runner
-from lokal.engine.scheduler import Scheduler
 from lokal.engine.request import Request
+from lokal.engine.scheduler import Scheduler
 from lokal.engine.stream import Sink
 from lokal.errors import (
     BadRequest,
@@ -76,6 +79,7 @@ class Engine:
         self._close_reason = ""
         self._thread_name = f"lokal-engine-{model_path.rsplit('/', 1)[-1]}"
         self._worker: threading.Thread | None = None  # the thread stepping requests; None while idle
+        self.num_draft_accepted = 0  # speculative decoding: guessed tokens the model confirmed, all requests
         ready: Future[Runner] = Future()
         loader = threading.Thread(target=self._load, args=(model_path, ready), daemon=True, name=self._thread_name)
         loader.start()
@@ -161,7 +165,12 @@ class Engine:
         if grammar and sampling.ignore_eos:
             sampling = replace(sampling, ignore_eos=False)  # a grammar says where the output ends
         sampler = self._runner.new_sampler(sampling, grammar, prompt)
-        request = Request(tokens=prompt, sampling=sampling, sink=sink, sampler=sampler,
+        # Guessing ahead is for plain greedy requests (a guess is checked against the logits' clear leader, see
+        # Runner.decode); sampled, penalized and grammar-constrained ones decode one token per step.
+        is_plain_greedy = (sampling.temperature <= 0 and not grammar and sampling.repeat_penalty == 1.0
+                           and sampling.frequency_penalty == 0.0 and sampling.presence_penalty == 0.0)
+        drafter = PromptLookup() if self.config.num_draft and is_plain_greedy else None
+        request = Request(tokens=prompt, sampling=sampling, sink=sink, sampler=sampler, drafter=drafter,
                           detok=Detokenizer(self._runner.output_piece, sampling.stop))
         handle = Handle(self, request)
         sink.attach(handle)
@@ -249,7 +258,14 @@ class Engine:
             return
         slots = SlotTable(self.config.num_parallel, runner, self.config.prompt_cache,
                           reuse_prefix=self.config.prefix_reuse)
-        self._scheduler = Scheduler(slots, self.config.batch_size)
+        if self.config.prompt_cache_dir and self.config.prefix_reuse and not self.config.embedding:
+            cached = load_prefixes(Path(self.config.prompt_cache_dir), self.config.prompt_cache)
+            for prefix in reversed(cached):  # oldest first: the newest ends up the most recently used
+                slots.adopt(prefix.tokens, runner.saved_from_bytes(prefix.saved))
+            if cached:
+                log.debug("prompt cache: %d cached prefixes read from %s", len(cached), self.config.prompt_cache_dir)
+        self._scheduler = Scheduler(slots, self.config.batch_size, num_ctx=self.config.num_ctx,
+                                    num_draft=self.config.num_draft)
         ready.set_result(runner)
 
     def _ensure_worker(self) -> None:
@@ -308,12 +324,16 @@ class Engine:
         next_sampled = iter(sampled)
         for chunk in plan.chunks:
             request = chunk.request
+            self.num_draft_accepted += chunk.num_accepted
             if chunk.is_prefill:
                 request.prompt_eval_ns += elapsed
             else:
                 request.eval_ns += elapsed
             if chunk.needs_sample:
-                self._postprocess(request, next(next_sampled))
+                for token in next(next_sampled):  # several when guesses were accepted
+                    if request.is_finished or request.done_reason is not None:
+                        break
+                    self._postprocess(request, token)
 
     def _postprocess(self, request: Request, token: int) -> None:
         request.num_generated += 1
@@ -390,6 +410,12 @@ class Engine:
             self._end(request, error=reason)
         for job in jobs:
             job()  # fails cleanly: the runner is still open; let embed callers finish
+        if self.config.prompt_cache_dir and self.config.prefix_reuse and not self.config.embedding:
+            try:
+                save_prefixes(Path(self.config.prompt_cache_dir), self._scheduler.slots.cached_prefixes(),
+                              self.config.prompt_cache)
+            except LokalError as exc:  # a slot's KV could not be read: that cache is simply lost
+                log.warning("prompt cache not written: %s", exc)
         runner.close()
 
     def _check_tokens(self, tokens: list[int]) -> None:

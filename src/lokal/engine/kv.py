@@ -1,16 +1,16 @@
 """The slots of one llama context's KV cache, and prefix reuse between requests.
 
-Slot ``i`` is llama.cpp sequence id ``i``. A finished request leaves its KV behind together with the tokens
-it holds. A new request takes the free slot whose cached tokens share the longest prefix with its prompt
-(ties: the least recently used), the rest of the cache is trimmed, and only the suffix is computed.
+Slot ``i`` is llama.cpp sequence id ``i``, and each sequence has its own KV stream (``kv_unified=false``, as
+llama-server runs): a sequence's attention spans only its own cells, so idle caches cost running streams
+nothing and stay where they are. llama.cpp computes one micro-batch per run of consecutive sequence ids,
+so busy slots are kept packed at the low ids: a new request always takes the lowest free slot.
 
-Idle caches must not stay in the context while other requests run: the cache is unified, so every
-sequence's attention spans every cell in use, and seven idle slots caching 160 tokens each slowed a lone
-stream by 12 %. So whenever a slot is busy, the idle slots' KV is *parked*: copied out to host memory
-(``llama_state_seq_get_data``) and cleared. A prompt that continues a parked cache gets it copied back into a
-free slot (under 1 ms per 100 tokens for SmolLM2, against ~3 ms per token to recompute). Parked caches are
-bounded by ``park_budget`` bytes, least recently used dropped first. With nothing running, an idle slot keeps
-its KV in place, so a lone chat's next turn costs no copy.
+A finished request leaves its KV behind together with the tokens it holds. A new request reuses the cache
+that shares the longest prefix with its prompt: in its own slot it is trimmed to that prefix; in another idle
+slot, or *parked* in host memory, it is copied into the new request's slot (``llama_state_seq_get_data`` /
+``set_data``: under 1 ms per 100 tokens for SmolLM2, against ~3 ms per token to recompute). Caches pushed out
+of a slot that way are parked, within ``park_budget`` bytes, least recently used dropped first. Only the
+prompt's suffix is then computed.
 
 Pure bookkeeping: the calls into llama.cpp are the ``KvOps`` the runner provides.
 """
@@ -79,35 +79,54 @@ class SlotTable:
         return sum(len(entry.saved) for entry in self.parked)
 
     def acquire(self, prompt: Sequence[int]) -> Lease | None:
-        """Best free slot for ``prompt``, trimmed to the reusable prefix; None when every slot is busy."""
+        """The lowest free slot, holding the longest cached prefix of ``prompt`` (moved there if it was
+        elsewhere), trimmed to it; None when every slot is busy."""
         free = [slot for slot in self.slots if not slot.is_busy]
         if not free:
             return None
+        target = free[0]
         # Always recompute the last prompt token: its logits are what the first sample is drawn from.
         usable = prompt[:len(prompt) - 1] if self.reuse_prefix else []
-        best, best_prefix = free[0], -1
-        for slot in free:
+        source, source_prefix = target, common_prefix_length(target.tokens, usable)
+        for slot in free[1:]:
             prefix = common_prefix_length(slot.tokens, usable)
-            if prefix > best_prefix or (prefix == best_prefix and slot.last_used < best.last_used):
-                best, best_prefix = slot, prefix
+            if prefix > source_prefix:
+                source, source_prefix = slot, prefix
         entry, entry_prefix = self._best_parked(usable)
-        is_restoring = entry is not None and entry_prefix > best_prefix
-        if is_restoring:
+        if entry is not None and entry_prefix > source_prefix:
             self.parked.remove(entry)
-            best = min(free, key=lambda slot: (bool(slot.tokens), slot.last_used))  # an empty one if any
-        # The other idle caches leave the context first, so a restored cache lands in the same cells a
-        # computed one would (same cells, same float summation order in attention: same tokens out).
-        for slot in free:
-            if slot is not best or is_restoring:
-                self._park(slot)
-        if is_restoring:
-            best_prefix = entry_prefix if self._kv.restore_slot(best.id, entry.saved) else 0
-            best.tokens = entry.tokens if best_prefix else []
-        keep = self._kv.trim(best.id, best_prefix)
-        best.tokens = list(prompt[:keep])
-        best.is_busy = True
-        best.last_used = next(self._clock)
-        return Lease(best.id, keep)
+            self._park(target)
+            restored = self._kv.restore_slot(target.id, entry.saved)
+            target.tokens = list(entry.tokens) if restored else []
+        elif source is not target:
+            self._park(target)
+            saved = self._kv.save_slot(source.id)
+            tokens, source.tokens = source.tokens, []
+            target.tokens = tokens if self._kv.restore_slot(target.id, saved) else []
+        elif 2 * source_prefix < len(target.tokens):
+            self._park(target)  # mostly another conversation's cache: keep it for that one rather than cut it
+        keep = self._kv.trim(target.id, common_prefix_length(target.tokens, usable))
+        target.tokens = list(prompt[:keep])
+        target.is_busy = True
+        target.last_used = next(self._clock)
+        return Lease(target.id, keep)
+
+    def adopt(self, tokens: Sequence[int], saved: Sized) -> None:
+        """Take a cached prefix from elsewhere (the prompt cache on disk) as the most recently used parked one."""
+        if tokens and 0 < len(saved) <= self.park_budget:
+            self.parked.append(Parked(list(tokens), saved, next(self._clock)))
+            while self.num_parked_bytes > self.park_budget:
+                self.parked.remove(min(self.parked, key=lambda entry: entry.last_used))
+
+    def cached_prefixes(self) -> list[tuple[list[int], Sized]]:
+        """Every idle cache as (tokens, saved KV): idle slots' KV is saved (and the slots cleared), parked
+        ones as they are. For writing the prompt cache to disk when the model unloads."""
+        prefixes = [(entry.tokens, entry.saved) for entry in self.parked]
+        for slot in self.slots:
+            if not slot.is_busy and slot.tokens:
+                prefixes.append((slot.tokens, self._kv.save_slot(slot.id)))
+                slot.tokens = []
+        return prefixes
 
     def release(self, slot_id: int, cached: Sequence[int]) -> None:
         """Give a slot back, remembering ``cached``: the tokens whose KV it now holds."""
@@ -115,8 +134,6 @@ class SlotTable:
         slot.tokens = list(cached)
         slot.is_busy = False
         slot.last_used = next(self._clock)
-        if self.num_busy:
-            self._park(slot)  # the running requests would attend over its cells
 
     def _best_parked(self, prompt: Sequence[int]) -> tuple[Parked | None, int]:
         best: Parked | None = None

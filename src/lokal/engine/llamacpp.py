@@ -1,7 +1,7 @@
 """Runner for GGUF models: the only module that calls llama.cpp (llama-cpp-python's low-level ctypes API).
 
-It owns the model, one llama context for generation (``n_seq_max = num_parallel`` sequences over one
-unified KV cache), one preallocated batch, every sampler chain, and, created on first use, a second
+It owns the model, one llama context for generation (``n_seq_max = num_parallel`` sequences, each with its
+own KV stream), one preallocated batch, every sampler chain, and, created on first use, a second
 small context for embeddings. The engine thread makes every call except those that only read the
 vocabulary (tokenize, detokenize, token pieces, building a sampler chain); llama.cpp's vocabulary is
 immutable after load and its tokenizer keeps per-call state, so those are safe from any thread.
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from lokal.engine.request import Chunk
 
 EMBED_SEQS_PER_BATCH = 8
+CLEAR_MARGIN = 1.0  # logits; batched and one-token kernels differ by orders of magnitude less (see decode)
 _MIN_EMBED_CONTEXT = 512
 
 
@@ -261,15 +262,15 @@ class Runner:
 
     def _open_generation_context(self) -> None:
         config = self.config
-        # One unified KV cache: llama.cpp splits a batch over per-sequence KV streams into one micro-batch per
-        # run of consecutive sequence ids, so scattered busy slots would cost a full forward pass each. In a
-        # unified cache every sequence's attention spans every cell in use, which is why idle slots' KV is
-        # parked in host memory while others run (kv.py).
+        # One KV stream per sequence (not unified), as llama-server runs: each sequence attends over its own
+        # cells only. llama.cpp computes one micro-batch per run of consecutive sequence ids, which is why the
+        # slot table keeps busy slots packed at the low ids and ``decode`` orders a batch by slot.
         params = self._context_params(n_ctx=config.num_ctx * config.num_parallel, n_batch=config.batch_size,
                                       n_seq_max=config.num_parallel)
         params.flash_attn_type = (llama.LLAMA_FLASH_ATTN_TYPE_AUTO if config.flash_attention
                                   else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         params.type_k = params.type_v = _KV_CACHE_GGML_TYPES[config.kv_cache_type]
+        mapped_before = _anonymous_mappings()
         self._ctx = llama.llama_init_from_model(self._model, params)
         if not self._ctx and config.kv_cache_type != "f16":
             # A quantized V cache needs flash attention, which llama.cpp may not run for this model (or it is
@@ -281,6 +282,7 @@ class Runner:
             self.close()
             raise ModelLoadError(f"llama.cpp could not create a context of {params.n_ctx} tokens")
         self._memory = llama.llama_get_memory(self._ctx)
+        self.num_released_bytes = _release_zeroed_pages(mapped_before)
         self._batch = llama.llama_batch_init(config.batch_size, 0, 1)
         # Views over the batch's C arrays, so a step fills whole runs with one slice assignment.
         size = config.batch_size
@@ -298,44 +300,84 @@ class Runner:
         params.n_batch = n_batch
         params.n_ubatch = min(n_batch, 512)
         params.n_seq_max = n_seq_max
-        params.kv_unified = True  # see _open_generation_context
+        params.kv_unified = False  # see _open_generation_context
         params.n_threads = params.n_threads_batch = self.num_threads
         params.no_perf = True
         return params
 
-    def decode(self, chunks: Sequence[Chunk]) -> list[int]:
-        """Compute one step's chunks in one llama_decode; sample the chunks that reach their request's
-        last token (in plan order) and return those tokens. llama_sampler_sample also accepts the token."""
+    def decode(self, chunks: Sequence[Chunk]) -> list[list[int]]:
+        """Compute one step's chunks in one llama_decode; sample the chunks that reach their request's last
+        token (in plan order) and return each one's tokens. llama_sampler_sample also accepts each token.
+
+        A chunk with a draft (guessed next tokens; greedy requests only) gets logits at every guess too: take
+        the argmax at the real last token, and while it equals the next guess, take the argmax at that guess.
+        A batch of several tokens runs llama.cpp's blocked matrix kernels, which round differently from the
+        one-token path: so a token is only taken where its logit leads the runner-up by ``CLEAR_MARGIN``, far
+        beyond that rounding; at a closer call the step stops there and the next step computes that position
+        alone, exactly as decoding one token at a time would. The KV of the rejected guesses is dropped."""
         if self._ctx is None:
             raise LokalError("this model is loaded for embeddings only")
         tokens, positions, logits = self._batch_tokens, self._batch_pos, self._batch_logits
         seq_ids = self._batch_seq_ids
-        to_sample: list[tuple[Sampler, int]] = []
+        to_sample: list[tuple[Chunk, int]] = []
         n = 0
-        for chunk in chunks:
+        for chunk in sorted(chunks, key=lambda chunk: chunk.request.slot):
             request = chunk.request
             end = n + chunk.end - chunk.start
             tokens[n:end] = request.tokens[chunk.start:chunk.end]
             positions[n:end] = range(chunk.start, chunk.end)
             logits[n:end] = self._no_logits[:end - n]
+            draft = chunk.draft
+            if draft:
+                tokens[end:end + len(draft)] = draft
+                positions[end:end + len(draft)] = range(chunk.end, chunk.end + len(draft))
+                logits[end:end + len(draft)] = [1] * len(draft)
             slot = request.slot
-            for i in range(n, end):
+            for i in range(n, end + len(draft)):
                 seq_ids[i][0] = slot
             if chunk.needs_sample:
                 logits[end - 1] = 1
-                to_sample.append((request.sampler, end - 1))
-            n = end
+                to_sample.append((chunk, end - 1))
+            n = end + len(draft)
         self._batch.n_tokens = n
         status = llama.llama_decode(self._ctx, self._batch)
         if status != 0:
             raise LokalError(f"llama_decode failed with status {status} on a batch of {n} tokens")
-        return [self._sample(sampler, index) for sampler, index in to_sample]
+        sampled: dict[int, list[int]] = {}
+        for chunk, index in to_sample:
+            sampler = chunk.request.sampler
+            if not chunk.draft:
+                sampled[id(chunk)] = [self._sample(sampler, index)]
+                continue
+            out: list[int] = []
+            for i in range(len(chunk.draft) + 1):
+                if not self._is_clear(index + i):
+                    chunk.request.needs_exact_step = True
+                    break
+                token = self._sample(sampler, index + i)
+                out.append(token)
+                if i == len(chunk.draft) or token != chunk.draft[i] or self.is_eog(token):
+                    break
+            # The KV of every emitted token but the last stays; the last one is computed next step, as
+            # without guessing. With nothing emitted, even the real last token is computed again.
+            chunk.num_accepted = len(out) - 1
+            llama.llama_memory_seq_rm(self._memory, chunk.request.slot, chunk.end + chunk.num_accepted, -1)
+            sampled[id(chunk)] = out
+        return [sampled[id(chunk)] for chunk in chunks if chunk.needs_sample]
+
+    def _is_clear(self, index: int) -> bool:
+        """The logits at batch position ``index`` have one clear leader (see ``decode``)."""
+        logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx, index), shape=(self.n_vocab,))
+        top_two = np.partition(logits, -2)[-2:]
+        return float(top_two[1] - top_two[0]) >= CLEAR_MARGIN
 
     def trim(self, slot: int, keep: int) -> int:
         """Drop slot ``slot``'s KV from position ``keep`` on; returns how many positions stay cached."""
         memory = self._memory
         if keep > 0 and llama.llama_memory_seq_pos_min(memory, slot) > 0:
             keep = 0  # a sliding-window cache already dropped early positions: the prefix is incomplete
+        # Never claim positions the slot does not hold (a cache restored from disk may hold fewer).
+        keep = min(keep, llama.llama_memory_seq_pos_max(memory, slot) + 1)
         if not llama.llama_memory_seq_rm(memory, slot, keep, -1):
             llama.llama_memory_seq_rm(memory, slot, -1, -1)
             keep = 0
@@ -350,6 +392,10 @@ class Runner:
         if written != size:
             raise LokalError(f"saving the KV of slot {slot} wrote {written} of {size} bytes")
         return saved
+
+    def saved_from_bytes(self, data: bytes) -> ctypes.Array:
+        """KV read back from disk, in the form ``restore_slot`` takes."""
+        return (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
 
     def restore_slot(self, slot: int, saved: ctypes.Array) -> bool:
         """Copy KV saved by ``save_slot`` into slot ``slot`` (emptied first); False when it finds no room."""
@@ -384,6 +430,7 @@ class Runner:
         size = min(max(_MIN_EMBED_CONTEXT, -(-longest // 256) * 256), max(self.config.num_ctx, longest))
         params = self._context_params(n_ctx=size, n_batch=size, n_seq_max=EMBED_SEQS_PER_BATCH)
         params.n_ubatch = size
+        params.kv_unified = True  # its sequences share the one batch-sized cache, whatever their lengths
         params.embeddings = True
         arch = self.metadata.get("general.architecture", "")
         has_own_pooling = f"{arch}.pooling_type" in self.metadata
@@ -470,6 +517,68 @@ def _free_sampler(sampler: Sampler) -> None:
     llama.llama_sampler_free(sampler.chain)
     if sampler.grammar:
         llama.llama_sampler_free(sampler.grammar)
+
+
+# ---- memory that is not used yet ----------------------------------------------------------------------------
+#
+# llama.cpp zero-fills the KV cache when it makes a context, which makes every page of it resident: slots ×
+# context × layers × K and V widths, 360 MiB for SmolLM2 at 4 slots × 4096 tokens, although an idle server
+# holds none of it and most chats use a fraction. Pages of private anonymous memory handed back with
+# MADV_DONTNEED read as zeros again, exactly what was there, and come back one by one only when a cell is
+# written. So the KV costs what the cached tokens use, growing on demand up to the full size.
+
+_MADV_DONTNEED = 4
+_MIN_RELEASE = 64 << 20  # larger than any malloc arena heap: only the big buffers a context allocates
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+def _anonymous_mappings() -> set[tuple[int, int]]:
+    """(start, end) of this process's private anonymous read-write mappings, as /proc/self/maps lists them."""
+    ranges = set()
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split()
+                if len(fields) == 5 and fields[1] == "rw-p":  # no path: anonymous
+                    start, end = (int(part, 16) for part in fields[0].split("-"))
+                    ranges.add((start, end))
+    except OSError:
+        pass
+    return ranges
+
+
+def _release_zeroed_pages(before: set[tuple[int, int]]) -> int:
+    """Hand back the all-zero 2 MiB pieces of address ranges mapped since ``before`` (large ones only: what
+    the new context allocated; never a byte that was mapped before, which another engine may be using).
+    Returns the bytes released."""
+    old = sorted(before)
+    released = 0
+    piece = 2 << 20
+    for start, end in sorted(_anonymous_mappings() - before):
+        for new_start, new_end in _subtract(start, end, old):
+            new_start = -(-new_start // piece) * piece
+            if new_end - new_start < _MIN_RELEASE:
+                continue
+            for at in range(new_start, new_end - piece + 1, piece):
+                if not np.frombuffer((ctypes.c_uint8 * piece).from_address(at), dtype=np.uint64).any():
+                    if _libc.madvise(at, piece, _MADV_DONTNEED) == 0:
+                        released += piece
+    return released
+
+
+def _subtract(start: int, end: int, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of [start, end) outside every range in ``ranges`` (sorted)."""
+    parts, at = [], start
+    for old_start, old_end in ranges:
+        if old_end <= at or old_start >= end:
+            continue
+        if old_start > at:
+            parts.append((at, old_start))
+        at = max(at, old_end)
+    if at < end:
+        parts.append((at, end))
+    return parts
 
 
 def _read_string(getter: Callable[[object, int, ctypes.Array, int], int], model: object, index: int) -> str:

@@ -12,6 +12,7 @@ from lokal.engine.detok import Detokenizer
 from lokal.types import DoneReason, SamplingOptions
 
 if TYPE_CHECKING:
+    from lokal.engine.draft import PromptLookup
     from lokal.engine.stream import Sink
 
 _request_ids = count(1)
@@ -24,6 +25,8 @@ class Request:
     sink: Sink
     detok: Detokenizer
     sampler: Any  # the runner's handle for this request's C sampler chain; the runner frees it
+    drafter: PromptLookup | None = None  # speculative decoding's guesser; None: one token per step
+    needs_exact_step: bool = False  # a guessed step stopped at a close call: compute the next one without guesses
     num_prompt_tokens: int = 0
     request_id: int = field(default_factory=lambda: next(_request_ids))
     slot: int | None = None
@@ -66,10 +69,14 @@ class Chunk:
     request: Request
     start: int
     end: int
+    # Speculative decoding: guessed tokens computed after ``end - 1`` in the same decode, at positions
+    # ``end..``. The runner keeps the first ``num_accepted`` of them (those the model itself sampled).
+    draft: list[int] = field(default_factory=list)
+    num_accepted: int = 0
 
     @property
     def num_tokens(self) -> int:
-        return self.end - self.start
+        return self.end - self.start + len(self.draft)
 
     @property
     def needs_sample(self) -> bool:

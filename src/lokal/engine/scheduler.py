@@ -26,12 +26,19 @@ class StepPlan:
 
 
 class Scheduler:
-    def __init__(self, slots: SlotTable, num_batch: int):
+    def __init__(self, slots: SlotTable, num_batch: int, num_ctx: int = 1 << 30, num_draft: int = 0,
+                 draft_max_streams: int = 1):
+        """``num_draft``: most guessed tokens a generating request may add to a step (speculative decoding),
+        while at most ``draft_max_streams`` requests are generating: past that the batch already keeps the
+        cores busy and guesses would only add work."""
         if num_batch < len(slots.slots):
             # Generating streams go first; with fewer tokens than slots, prompts could wait forever.
             raise ValueError("num_batch must be at least the number of slots")
         self.slots = slots
         self.num_batch = num_batch
+        self.num_ctx = num_ctx  # positions per sequence
+        self.num_draft = num_draft
+        self.draft_max_streams = draft_max_streams
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # in admission order
         self.num_reused_tokens = 0  # prompt tokens prefix reuse saved, all requests together (metrics)
@@ -47,10 +54,17 @@ class Scheduler:
         self._admit()
         budget = self.num_batch
         chunks: list[Chunk] = []
-        for request in self.running:  # generating requests first: one token each
-            if not request.is_prefilling and budget > 0:
-                chunks.append(Chunk(request, request.num_computed, request.num_computed + 1))
+        generating = [request for request in self.running if not request.is_prefilling]
+        may_draft = self.num_draft > 0 and len(generating) <= self.draft_max_streams
+        for request in generating:  # generating requests first: one token each
+            if budget > 0:
+                chunk = Chunk(request, request.num_computed, request.num_computed + 1)
                 budget -= 1
+                if may_draft and request.drafter is not None and not request.needs_exact_step:
+                    chunk.draft = request.drafter.draft(request.tokens, self._draft_room(request, budget))
+                    budget -= len(chunk.draft)
+                request.needs_exact_step = False
+                chunks.append(chunk)
         for request in self.running:  # then prompts, oldest first, as much as the budget allows
             if request.is_prefilling and budget > 0:
                 size = min(request.num_uncomputed, budget)
@@ -59,9 +73,19 @@ class Scheduler:
         return StepPlan(chunks)
 
     def update(self, plan: StepPlan) -> None:
-        """Record that a step computed ``plan``: each chunk's tokens now have their KV in the slot."""
+        """Record that a step computed ``plan``: each chunk's tokens, and the guesses the model accepted,
+        now have their KV in the slot."""
         for chunk in plan.chunks:
-            chunk.request.num_computed = chunk.end
+            chunk.request.num_computed = chunk.end + chunk.num_accepted
+
+    def _draft_room(self, request: Request, budget: int) -> int:
+        """How many guesses fit: the budget, the sequence's context, and the tokens it may still generate
+        (guessing past its last one would be wasted work)."""
+        room = min(self.num_draft, budget, self.num_ctx - request.num_computed - 2)
+        num_predict = request.sampling.num_predict
+        if num_predict > 0:
+            room = min(room, num_predict - request.num_generated - 1)
+        return max(room, 0)
 
     def finish(self, request: Request) -> None:
         """Take a request out (done, cancelled or failed); its slot keeps the KV it computed."""

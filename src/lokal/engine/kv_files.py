@@ -1,0 +1,104 @@
+"""The prompt cache on disk: idle slots' KV written when a model unloads, read back when it loads again.
+
+So a chat continued after ``lokal serve`` restarts (or after keep_alive unloaded its model) pays only for
+its new turn. One directory per model digest and KV layout (the runtime picks it under the store), one file
+per cached prefix: a small header, the token ids whose KV it holds, then llama.cpp's sequence state. The
+directory is bounded in bytes; the least recently written files go first. A file that is unreadable, for
+another model or layout, or that llama.cpp refuses is simply skipped: the prompt is then computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence, Sized
+
+log = logging.getLogger("lokal.engine")
+
+MAGIC = b"LKKV"
+VERSION = 1
+_HEADER = struct.Struct("<4sII")  # magic, version, number of tokens
+SUFFIX = ".kv"
+
+
+@dataclass
+class CachedPrefix:
+    tokens: list[int]
+    saved: bytes
+
+
+def save_prefixes(directory: Path, prefixes: Sequence[tuple[Sequence[int], Sized]], budget: int) -> int:
+    """Write each (tokens, saved KV) as a file, then drop the oldest files past ``budget`` bytes.
+    Returns how many files were written. Never raises for I/O trouble: a cache is not worth a failed unload."""
+    if budget <= 0 or not prefixes:
+        return 0
+    written = 0
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for tokens, saved in prefixes:
+            data = bytes(saved)  # type: ignore[call-overload]
+            if not tokens or len(data) > budget:
+                continue
+            token_bytes = struct.pack(f"<{len(tokens)}i", *tokens)
+            name = hashlib.sha256(token_bytes).hexdigest()[:32] + SUFFIX
+            temporary = directory / (name + ".tmp")
+            with open(temporary, "wb") as file:
+                file.write(_HEADER.pack(MAGIC, VERSION, len(tokens)))
+                file.write(token_bytes)
+                file.write(data)
+            os.replace(temporary, directory / name)  # a reader never sees half a file
+            written += 1
+        _bound(directory, budget)
+    except OSError as exc:
+        log.warning("could not write the prompt cache to %s: %s", directory, exc)
+    return written
+
+
+def load_prefixes(directory: Path, budget: int) -> list[CachedPrefix]:
+    """The cached prefixes in ``directory``, most recently written first, within ``budget`` bytes."""
+    if budget <= 0 or not directory.is_dir():
+        return []
+    result: list[CachedPrefix] = []
+    total = 0
+    for path in _by_age(directory, newest_first=True):
+        try:
+            with open(path, "rb") as file:
+                magic, version, num_tokens = _HEADER.unpack(file.read(_HEADER.size))
+                if magic != MAGIC or version != VERSION or num_tokens < 1:
+                    continue
+                tokens = list(struct.unpack(f"<{num_tokens}i", file.read(4 * num_tokens)))
+                saved = file.read()
+        except (OSError, struct.error):
+            continue
+        if not saved or total + len(saved) > budget:
+            continue
+        total += len(saved)
+        result.append(CachedPrefix(tokens, saved))
+    return result
+
+
+def _by_age(directory: Path, newest_first: bool) -> list[Path]:
+    files = []
+    for path in directory.glob("*" + SUFFIX):
+        try:
+            files.append((path.stat().st_mtime_ns, path))
+        except OSError:
+            continue
+    return [path for _, path in sorted(files, key=lambda item: item[0], reverse=newest_first)]
+
+
+def _bound(directory: Path, budget: int) -> None:
+    files = _by_age(directory, newest_first=True)
+    total = 0
+    for path in files:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            continue
+        total += size
+        if total > budget:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,73 @@
+"""The prompt cache on disk: idle slots' KV written when an engine closes, read back when one opens, bounded,
+and harmless when damaged. A chat continued on a new engine reuses its cached prefix and answers exactly as
+the engine that computed it would have."""
+
+from __future__ import annotations
+
+from lokal.engine import Engine, EngineConfig, SyncSink
+from lokal.engine.kv_files import load_prefixes, save_prefixes
+from lokal.types import Done, SamplingOptions, Token
+
+TURN_1 = "<|im_start|>user\nList three fruits.<|im_end|>\n<|im_start|>assistant\n"
+TURN_2 = "<|im_end|>\n<|im_start|>user\nAnd three vegetables?<|im_end|>\n<|im_start|>assistant\n"
+GREEDY = SamplingOptions(temperature=0, num_predict=12)
+
+
+def run(engine: Engine, tokens: list[int]) -> tuple[list[int], Done]:
+    sink = SyncSink()
+    engine.submit(tokens, GREEDY, sink=sink)
+    ids, done = [], None
+    for event in sink:
+        if isinstance(event, Token):
+            ids += event.ids
+        else:
+            done = event
+    assert isinstance(done, Done)
+    return ids, done
+
+
+def test_files_round_trip_newest_first_within_the_budget(tmp_path):
+    save_prefixes(tmp_path, [([1, 2, 3], b"a" * 100)], budget=1000)
+    save_prefixes(tmp_path, [([4, 5], b"b" * 100)], budget=1000)
+    loaded = load_prefixes(tmp_path, budget=1000)
+    assert [p.tokens for p in loaded] == [[4, 5], [1, 2, 3]] and loaded[1].saved == b"a" * 100
+    assert [p.tokens for p in load_prefixes(tmp_path, budget=150)] == [[4, 5]]  # the reader keeps to its budget
+    save_prefixes(tmp_path, [([6], b"c" * 800)], budget=1000)  # the writer too: the oldest file goes
+    assert sorted(p.tokens[0] for p in load_prefixes(tmp_path, budget=10_000)) == [4, 6]
+
+
+def test_damaged_or_foreign_files_are_skipped(tmp_path):
+    save_prefixes(tmp_path, [([1, 2], b"x" * 50)], budget=1000)
+    (tmp_path / "junk.kv").write_bytes(b"not a cache")
+    (tmp_path / "short.kv").write_bytes(b"LKKV")
+    assert [p.tokens for p in load_prefixes(tmp_path, budget=1000)] == [[1, 2]]
+    assert load_prefixes(tmp_path / "missing", budget=1000) == []
+
+
+def test_a_chat_continued_on_a_new_engine_reuses_the_cache_from_disk(smollm2_path, tmp_path):
+    config = EngineConfig(num_ctx=512, num_parallel=2, prompt_cache_dir=str(tmp_path / "cache"))
+    # The engine that computes turn 1 and answers turn 2 in memory: what the restored one must match.
+    with Engine(smollm2_path, EngineConfig(num_ctx=512, num_parallel=2)) as engine:
+        turn_1 = engine.tokenize(TURN_1)
+        answer_1, _ = run(engine, turn_1)
+        turn_2 = turn_1 + answer_1 + engine.tokenize(TURN_2, add_special=False)
+        expected, in_memory = run(engine, turn_2)
+    assert in_memory.prompt_eval_count < len(turn_2) - len(turn_1)
+
+    with Engine(smollm2_path, config) as engine:
+        assert run(engine, turn_1)[0] == answer_1
+    assert list((tmp_path / "cache").glob("*.kv")), "closing wrote the idle slot's KV"
+
+    with Engine(smollm2_path, config) as engine:  # "after a restart"
+        ids, done = run(engine, turn_2)
+    assert ids == expected
+    assert done.prompt_eval_count == in_memory.prompt_eval_count  # only the new turn was computed
+
+
+def test_a_cache_for_another_layout_is_ignored(smollm2_path, tmp_path):
+    cache = tmp_path / "cache"
+    save_prefixes(cache, [([1, 2, 3, 4], b"\x00" * 4096)], budget=1 << 20)  # not llama.cpp state
+    with Engine(smollm2_path, EngineConfig(num_ctx=512, num_parallel=2, prompt_cache_dir=str(cache))) as engine:
+        tokens = engine.tokenize(TURN_1)
+        ids, done = run(engine, [1, 2, 3, 4] + tokens)  # llama.cpp refuses the state: computed from scratch
+    assert ids and done.prompt_eval_count == len(tokens) + 4

@@ -1,0 +1,85 @@
+"""Speculative decoding by prompt lookup: the guesses are found, accepted where the model agrees, and the
+output is exactly what decoding one token per step gives (the independent reference loop at temperature 0,
+and the same engine without guessing under a seed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lokal.engine import Engine, EngineConfig, SyncSink
+from lokal.engine.draft import PromptLookup
+from lokal.types import Done, SamplingOptions, Token
+
+# Copy-heavy: the answer repeats the paragraph, so prompt lookup guesses most of it.
+PARAGRAPH = ("The quick brown fox jumps over the lazy dog. The dog sleeps under the old oak tree, while the fox "
+             "runs back into the forest to find its family before the sun goes down.")
+COPY_PROMPT = (f"<|im_start|>user\nRepeat this paragraph exactly:\n{PARAGRAPH}<|im_end|>\n"
+               "<|im_start|>assistant\n")
+
+
+def run(engine: Engine, tokens: list[int], sampling: SamplingOptions) -> tuple[list[int], Done]:
+    sink = SyncSink()
+    engine.submit(tokens, sampling, sink=sink)
+    ids, done = [], None
+    for event in sink:
+        if isinstance(event, Token):
+            ids += event.ids
+        else:
+            done = event
+    assert isinstance(done, Done)
+    return ids, done
+
+
+def test_prompt_lookup_copies_what_followed_the_last_occurrence():
+    lookup = PromptLookup()
+    tokens = [1, 2, 3, 4, 5, 6, 9, 1, 2, 3]
+    assert lookup.draft(tokens, 3) == [4, 5, 6]
+    tokens += [4, 5, 7, 2, 3]  # grows incrementally; the most recent earlier "2 3" is followed by 4
+    assert lookup.draft(tokens, 2) == [4, 5]
+    assert lookup.draft([8, 9], 4) == []  # nothing recurs
+    assert PromptLookup().draft([5, 5, 5], 0) == []
+
+
+def test_prompt_lookup_prefers_the_longer_ngram():
+    tokens = [5, 2, 3, 4, 6, 2, 3, 8, 5, 2, 3]
+    # "2 3" last came before 8, but "5 2 3" (the longer match) came before 4, 6.
+    assert PromptLookup().draft(tokens, 2) == [4, 6]
+
+
+@pytest.fixture(scope="module")
+def speculative(smollm2_path):
+    with Engine(smollm2_path, EngineConfig(num_ctx=512, num_parallel=2, num_draft=8)) as engine:
+        yield engine
+
+
+def test_greedy_output_with_guessing_equals_the_plain_llama_cpp_loop(smollm2_path, speculative, greedy_reference):
+    tokens = speculative.tokenize(COPY_PROMPT)
+    expected = greedy_reference(smollm2_path, tokens, 48)
+    assert len(expected) >= 40, "the reference must produce enough tokens for the test to mean something"
+    before = speculative.num_draft_accepted
+    ids, done = run(speculative, tokens, SamplingOptions(temperature=0, num_predict=48))
+    assert ids == expected
+    assert done.eval_count == len(expected)
+    # Parts of the answer repeat the prompt or itself: those came out of accepted guesses.
+    assert speculative.num_draft_accepted - before >= 2
+
+
+def test_only_plain_greedy_requests_guess(speculative):
+    tokens = speculative.tokenize(COPY_PROMPT)
+    for sampling in (SamplingOptions(temperature=0.7, seed=1, num_predict=16),
+                     SamplingOptions(temperature=0, repeat_penalty=1.2, num_predict=16)):
+        before = speculative.num_draft_accepted
+        run(speculative, tokens, sampling)
+        assert speculative.num_draft_accepted == before
+
+
+def test_num_predict_and_stop_strings_hold_with_guessing(speculative):
+    tokens = speculative.tokenize(COPY_PROMPT)
+    ids, done = run(speculative, tokens, SamplingOptions(temperature=0, num_predict=5))
+    assert len(ids) == 5 and done.reason == "length" and done.eval_count == 5
+    sink = SyncSink()
+    speculative.submit(tokens, SamplingOptions(temperature=0, num_predict=48, stop=["lazy"]), sink=sink)
+    text = "".join(event.text for event in sink if isinstance(event, Token))
+    whole, _ = run(speculative, tokens, SamplingOptions(temperature=0, num_predict=48))
+    assert "lazy" in speculative.detokenize(whole)
+    assert "lazy" not in text and speculative.detokenize(whole).startswith(text)
