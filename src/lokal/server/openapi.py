@@ -11,12 +11,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from lokal.security.roles import Permission, permission_for
 from lokal.server.streaming import NDJSON, SSE
 from lokal.types import _IGNORED_OPTIONS, LoadOptions, SamplingOptions
 
@@ -31,8 +33,10 @@ ERROR_SCHEMAS: dict[str, dict[str, Any]] = {
                                               "properties": {"type": {"type": "string"},
                                                              "message": {"type": "string"}}}}},
 }
-STATUS_TEXT = {400: "Invalid request", 404: "Model or object not found", 413: "Request body too large",
+STATUS_TEXT = {400: "Invalid request", 401: "An API key is required (LOKAL_AUTH)",
+               403: "The key's role or model list does not allow this", 404: "Model or object not found", 413: "Request body too large",
                499: "Client closed the connection", 500: "The model failed to load",
+               429: "The key's rate limit is reached (see Retry-After)",
                503: "Busy (queue full) or shutting down", 507: "Not enough memory to load the model"}
 # ModelName's grammar (store/names.py): [host/][namespace/]model[:tag][@sha256:<hex>].
 _PART = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}"
@@ -86,6 +90,14 @@ def statuses(path: str, method: str, operation: dict[str, Any]) -> list[int]:
     if path in ("/api/pull", "/openai/download", "/api/create"):
         found += [499, 507]
     return sorted(set(found))
+
+
+def access_statuses(path: str, method: str) -> list[int]:
+    """401, 403 and 429 wherever the security table asks for a key: they are answered when keys are required
+    (LOKAL_AUTH on, or a bind beyond loopback), so the document lists them for every guarded route."""
+    template = re.sub(r"\{(name|model)\}", r"{\1:path}", path)
+    permission = permission_for(method, path) or permission_for(method, template)
+    return [] if permission is Permission.OPEN else [401, 403, 429]
 
 
 def options_schema() -> dict[str, Any]:
@@ -198,7 +210,7 @@ def correct(schema: dict[str, Any]) -> dict[str, Any]:
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)
             error_ref = {"$ref": f"#/components/schemas/{error_schema_name(path)}"}
-            for status in statuses(plain_path, method, operation):
+            for status in statuses(plain_path, method, operation) + access_statuses(path, method):
                 responses[str(status)] = {"description": STATUS_TEXT[status],
                                           "content": {"application/json": {"schema": error_ref}}}
             for parameter in operation.get("parameters", []):
