@@ -157,7 +157,6 @@ def test_adapters_are_checked_and_refused(client, tmp_path, smollm2_path) -> Non
 # ---- quantization ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skip(reason="written but not yet run green: timed out at 300 s on the shared machine (issue-9 report)")
 @pytest.mark.timeout(1200)  # three llama.cpp quantizations of a 135M model on a shared 2-core machine
 def test_quantize_f16_q8_0_q4_k_m(client, live_server) -> None:  # noqa: F811
     client.create(model="smol:f16", from_="smollm2", quantize="f16")  # llama.cpp dequantizes the Q4_1 base
@@ -172,11 +171,11 @@ def test_quantize_f16_q8_0_q4_k_m(client, live_server) -> None:  # noqa: F811
     assert file_types == {"f16": 1, "q8_0": 7, "q4_k_m": 15}  # llama.cpp's LLAMA_FTYPE_MOSTLY_* numbers
     assert sizes["f16"] > 1.7 * sizes["q8_0"] and sizes["q8_0"] > 1.3 * sizes["q4_k_m"]
     assert greedy(client, "smol:q8_0") == greedy(client, "smol:f16")
-    assert len(greedy(client, "smol:q4_k_m")) > len(tokens_of_prompt(client))
-
-
-def tokens_of_prompt(client: ollama.Client) -> list[int]:
-    return list(client.generate(model="smollm2", prompt=COUNTING, raw=True, options={"num_predict": 0}).context or [])
+    # q4_k_m is coarser than f16, so only its first number is asked to agree on this unambiguous prompt
+    first = {tag: client.generate(model=f"smol:{tag}", prompt=COUNTING, raw=True, options=GREEDY)
+             for tag in ("f16", "q4_k_m")}
+    assert first["q4_k_m"].eval_count > 0
+    assert first["q4_k_m"].response.split(",")[0] == first["f16"].response.split(",")[0]
 
 
 def test_unknown_quantize_type(client) -> None:
