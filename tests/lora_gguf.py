@@ -17,7 +17,7 @@ ATTENTION = ("attn_q", "attn_v")
 
 
 def lora_for(model_path: str | Path, out: Path, *, rank: int = 4, b_scale: float = 0.0, seed: int = 0,
-             architecture: str | None = None) -> Path:
+             architecture: str | None = None, dtype: str = "float32") -> Path:
     """A rank-``rank`` LoRA on the attention q/v weights of every layer of the model at ``model_path``.
     ``b_scale = 0`` makes B zero (the adapter changes nothing); otherwise B is random with that spread."""
     reader = GGUFReader(str(model_path))
@@ -31,8 +31,8 @@ def lora_for(model_path: str | Path, out: Path, *, rank: int = 4, b_scale: float
         if not tensor.name.startswith("blk.") or tensor.name.split(".")[2] not in ATTENTION:
             continue
         n_in, n_out = int(tensor.shape[0]), int(tensor.shape[1])  # ggml order: ne0 is the input width
-        lora_a = rng.standard_normal((rank, n_in)).astype(np.float32) / np.sqrt(n_in)
-        lora_b = (rng.standard_normal((n_out, rank)) * b_scale).astype(np.float32)
+        lora_a = (rng.standard_normal((rank, n_in)) / np.sqrt(n_in)).astype(dtype)
+        lora_b = (rng.standard_normal((n_out, rank)) * b_scale).astype(dtype)
         base = tensor.name.removesuffix(".weight") + ".weight"
         writer.add_tensor(base + ".lora_a", lora_a)
         writer.add_tensor(base + ".lora_b", lora_b)

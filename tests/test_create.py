@@ -13,7 +13,7 @@ import jinja2
 import ollama
 import pytest
 from lora_gguf import lora_for, lora_with_shapes
-from server_fixture import GREEDY, live_server, model_store, reference  # noqa: F401
+from server_fixture import GREEDY, Reference, live_server, model_store, reference  # noqa: F401
 
 from lokal.modelfile import parse
 
@@ -137,21 +137,55 @@ def test_official_client_create_json_form(client, live_server) -> None:  # noqa:
 # ---- adapters ----------------------------------------------------------------------------------------------
 
 
-def test_adapters_are_checked_and_refused(client, tmp_path, smollm2_path) -> None:
-    """An adapter for another architecture is named as such; a matching one is refused plainly, since
-    llama.cpp 0.3.36 crashes applying LoRA adapters on this CPU build (see create._adapter_layers)."""
+def test_adapters_are_checked(client, tmp_path, smollm2_path) -> None:
+    """An adapter for another architecture, one whose factors do not fit the base weights, and a plain model
+    given as an adapter are each refused with what is wrong; the store and server stay as they were."""
     gemma = lora_with_shapes(tmp_path / "gemma.gguf", "gemma3", {"blk.0.attn_q.weight": (640, 1024)})
     with pytest.raises(ollama.ResponseError) as caught:
         client.create(model="bad-lora", from_="smollm2", adapters={"gemma.gguf": client.create_blob(gemma)})
     assert caught.value.status_code == 400 and "made for a 'gemma3' model; the base model is 'llama'" in caught.value.error
-    matching = lora_for(smollm2_path, tmp_path / "lora.gguf")
+    misfit = lora_with_shapes(tmp_path / "misfit.gguf", "llama", {"blk.0.attn_q.weight": (640, 1024)})
     with pytest.raises(ollama.ResponseError) as caught:
-        client.create(model="lora", from_="smollm2", adapters={"lora.gguf": client.create_blob(matching)})
-    assert caught.value.status_code == 400 and "LoRA adapters is not supported" in caught.value.error
+        client.create(model="bad-lora", from_="smollm2", adapters={"misfit.gguf": client.create_blob(misfit)})
+    assert caught.value.status_code == 400 and "blk.0.attn_q.weight is [576, 576] in the base model" in caught.value.error
     with pytest.raises(ollama.ResponseError) as caught:
         client.create(model="not-lora", from_="smollm2", adapters={"model.gguf": client.create_blob(smollm2_path)})
     assert "is not a LoRA adapter GGUF" in caught.value.error
+    wide = lora_for(smollm2_path, tmp_path / "f64.gguf", dtype="float64")
+    with pytest.raises(ollama.ResponseError) as caught:
+        client.create(model="bad-lora", from_="smollm2", adapters={"f64.gguf": client.create_blob(wide)})
+    assert "is F64; LoRA factors must be one of F32, F16, BF16, Q8_0" in caught.value.error
+    assert "bad-lora" not in [m.model for m in client.list().models]
     assert client.generate(model="smollm2", prompt="Hi", options={"num_predict": 1}).done  # still healthy
+
+
+def test_lora_adapter_applies_like_llama_cpp_python(client, live_server, tmp_path, smollm2_path) -> None:  # noqa: F811
+    """ADAPTER through the Modelfile: a zero adapter (B = 0) changes nothing; a real one changes the answer
+    exactly as llama-cpp-python's own Llama(lora_path=) applies the same adapter (the independent reference)."""
+    zero = lora_for(smollm2_path, tmp_path / "zero.gguf", b_scale=0.0)
+    strong = lora_for(smollm2_path, tmp_path / "strong.gguf", b_scale=4.0, seed=1)
+    for name, adapter in (("lora-zero", zero), ("lora-strong", strong)):
+        (tmp_path / f"{name}.Modelfile").write_text(f"FROM smollm2\nADAPTER {adapter.name}\nPARAMETER adapter_scale 1\n")
+        done = lokal("create", name, "-f", str(tmp_path / f"{name}.Modelfile"), server=live_server)
+        assert done.returncode == 0, done.stderr
+    base, with_zero, with_strong = (client.generate(model=m, prompt=COUNTING, raw=True, options=GREEDY).response
+                                    for m in ("smollm2", "lora-zero", "lora-strong"))
+    assert with_zero == base
+    assert with_strong != base
+    assert "adapter" in show(live_server, "lora-strong")["modelfile"].lower()
+    expected = Reference(smollm2_path, lora_path=str(adapter_blob(live_server, "lora-strong")))
+    assert with_strong == expected.complete(COUNTING, GREEDY["num_predict"])
+    # PARAMETER adapter_scale 0 switches the adapter off again (a load option: the model reloads).
+    off = client.generate(model="lora-strong", prompt=COUNTING, raw=True, options={**GREEDY, "adapter_scale": 0.0})
+    assert off.response == base
+
+
+def adapter_blob(server, name: str) -> Path:
+    from lokal.store.store import Store
+
+    store = Store(server.models)
+    layer = next(layer for layer in store.get(name).manifest.layers if layer.media_type.endswith(".adapter"))
+    return store.blobs.path(layer.digest)
 
 
 # ---- quantization ------------------------------------------------------------------------------------------

@@ -283,10 +283,40 @@ def _adapter_layers(store: Store, adapters: dict[str, str] | None, model: Layer)
         if adapter.architecture != base.architecture:
             raise BadRequest(f"adapter {file_name} was made for a {adapter.architecture!r} model; the base model "
                              f"is {base.architecture!r}")
-    # llama.cpp 0.3.36's LoRA path crashes in llama_decode on this CPU build (an adapter built to the model's
-    # exact shapes segfaults, through llama-cpp-python's own Llama(lora_path=) too), so a model with an adapter
-    # is refused rather than stored to crash the server later.
-    raise BadRequest("applying LoRA adapters is not supported by this build of lokal yet")
+    _check_adapter_shapes(store.blobs.path(model.digest), {name: _uploaded_blob(store, name, digest)
+                                                           for name, digest in adapters.items()})
+    return [Layer(LAYER_KINDS["adapter"], digest, store.blobs.size(digest)) for digest in adapters.values()]
+
+
+# What llama.cpp's convert_lora_to_gguf writes. ggml's CPU matrix multiply has no kernel for other types
+# (an F64 factor jumps to a null pointer on the first decode: measured, a segfault in ggml_compute_forward_mul_mat).
+ADAPTER_TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0")
+
+
+def _check_adapter_shapes(model_path: Path, adapters: dict[str, Path]) -> None:
+    """Each LoRA pair must fit the weight it adapts (A: [n_in, r], B: [r, n_out] in ggml order) in a type
+    llama.cpp multiplies, so a model never stores an adapter that would fail or crash at load."""
+    from gguf import GGUFReader
+
+    weights = {t.name: tuple(int(n) for n in t.shape) for t in GGUFReader(str(model_path)).tensors}
+    for file_name, path in adapters.items():
+        tensors = GGUFReader(str(path)).tensors
+        for tensor in tensors:
+            if tensor.tensor_type.name not in ADAPTER_TENSOR_TYPES:
+                raise BadRequest(f"adapter {file_name}: {tensor.name} is {tensor.tensor_type.name}; LoRA factors "
+                                 f"must be one of {', '.join(ADAPTER_TENSOR_TYPES)}")
+        factors = {t.name: tuple(int(n) for n in t.shape) for t in tensors}
+        for name, a_shape in factors.items():
+            if not name.endswith(".lora_a"):
+                continue
+            weight = name.removesuffix(".lora_a")
+            b_shape = factors.get(weight + ".lora_b")
+            if weight not in weights:
+                raise BadRequest(f"adapter {file_name} adapts {weight}, which the base model does not have")
+            if b_shape is None or len(a_shape) != 2 or len(b_shape) != 2 or a_shape[1] != b_shape[0] \
+                    or a_shape[0] != weights[weight][0] or b_shape[1] != weights[weight][1]:
+                raise BadRequest(f"adapter {file_name}: {weight} is {list(weights[weight][:2])} in the base model, "
+                                 f"but its LoRA factors are {list(a_shape)} and {list(b_shape or [])}")
 
 
 def _model_layer(layers: list[Layer]) -> Layer:

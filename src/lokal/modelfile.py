@@ -37,6 +37,7 @@ PARAMETER_TYPES: dict[str, type] = {
     "use_mmap": bool, "use_mlock": bool, "flash_attention": bool,
     "stop": str,
     "embed_model": str, "knowledge_top_k": int, "knowledge_min_score": float,
+    "adapter_scale": float, "draft_num_predict": int,
 }
 REPEATABLE_PARAMETERS = {"stop"}
 # Spellings people write (the seed's ``context_length``), stored under the Ollama name.

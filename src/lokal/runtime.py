@@ -356,6 +356,7 @@ class Runtime:
     def _engine_config(self, stored: StoredModel, load: LoadOptions) -> EngineConfig:
         details = stored.details
         trained = details.context_length or DEFAULT_NUM_CTX
+        adapters = tuple((adapter.path, adapter.scale * load.adapter_scale) for adapter in stored.adapters)
         num_ctx = load.num_ctx or self.settings.context_length or min(DEFAULT_NUM_CTX, trained)
         return EngineConfig(
             num_ctx=num_ctx,
@@ -370,12 +371,14 @@ class Runtime:
             prompt_cache=self.settings.prompt_cache << 20,
             prefix_reuse=self.settings.prefix_reuse,
             kv_cache_type=self.settings.kv_cache_type,
-            # Idle caches survive unloads and restarts here, keyed by the weights' blob (KV depends on the
-            # weights, not on a manifest's parameters) and the KV element type (a cache saved with one cannot
-            # be read into another).
-            prompt_cache_dir=str(self.store.root / "kvcache" / f"{stored.path.name}-"
-                                                                f"{self.settings.kv_cache_type}"),
+            # Idle caches survive unloads and restarts here, keyed by the weights' and adapters' blobs and the
+            # adapters' scales (KV depends on them, not on a manifest's parameters) and the KV element type (a
+            # cache saved with one cannot be read into another).
+            prompt_cache_dir=str(self.store.root / "kvcache" / "-".join(
+                [stored.path.name, *(f"{path.name}@{scale:g}" for path, scale in adapters),
+                 self.settings.kv_cache_type])),
             num_draft=self.settings.draft_num_predict if load.draft_num_predict is None else load.draft_num_predict,
+            adapters=tuple((str(path), scale) for path, scale in adapters),
         )
 
     async def _open(self, model: str) -> StoredModel:

@@ -45,6 +45,7 @@ class LoadOptions:
     num_parallel: int | None = None  # LOKAL_NUM_PARALLEL when None
     flash_attention: bool | None = None  # LOKAL_FLASH_ATTENTION when None
     draft_num_predict: int | None = None  # speculative decoding's guesses per step; LOKAL_DRAFT_NUM_PREDICT when None
+    adapter_scale: float = 1.0  # how strongly the model's LoRA ADAPTERs apply (llama.cpp's adapter scale)
 
 
 _SAMPLING_FIELDS = {f.name: f for f in fields(SamplingOptions)}

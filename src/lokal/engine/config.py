@@ -25,6 +25,7 @@ class EngineConfig:
     prefix_reuse: bool = True  # False: every prompt is computed in full (LOKAL_PREFIX_REUSE=0)
     prompt_cache_dir: str = ""  # where idle caches go when the engine closes and come from when it opens
     num_draft: int = 0  # speculative decoding: most prompt-lookup guesses per step (draft.py); 0 off
+    adapters: tuple[tuple[str, float], ...] = ()  # LoRA GGUFs with their scales, applied to every context
 
     def __post_init__(self) -> None:
         if self.num_ctx < 16:

@@ -15,7 +15,7 @@ import math
 import os
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import llama_cpp as llama
 import numpy as np
@@ -102,6 +102,7 @@ class Runner:
         self.add_bos = bool(llama.llama_vocab_get_add_bos(self._vocab))
         # Every end-of-generation token (EOS, EOT, end-of-turn, …), for ignore_eos to ban.
         self.eog_ids = [t for t in range(self.n_vocab) if llama.llama_vocab_is_eog(self._vocab, t)]
+        self._adapters = self._load_adapters(config.adapters)
         if not config.embedding:
             self._open_generation_context()
 
@@ -260,6 +261,25 @@ class Runner:
 
     # ---- generation (engine thread) ---------------------------------------------------------------------
 
+    def _load_adapters(self, adapters: Sequence[tuple[str, float]]) -> list[tuple[Any, float]]:
+        """LoRA adapters, loaded once per model (llama.cpp frees them with the model)."""
+        loaded = []
+        for path, scale in adapters:
+            adapter = llama.llama_adapter_lora_init(self._model, path.encode())
+            if not adapter:
+                self.close()
+                raise ModelLoadError(f"llama.cpp could not apply the LoRA adapter {path} to this model")
+            loaded.append((adapter, scale))
+        return loaded
+
+    def _apply_adapters(self, ctx: Any) -> None:
+        if not self._adapters:
+            return
+        adapters = (llama.llama_adapter_lora_p_ctypes * len(self._adapters))(*(a for a, _ in self._adapters))
+        scales = (ctypes.c_float * len(self._adapters))(*(s for _, s in self._adapters))
+        if llama.llama_set_adapters_lora(ctx, adapters, len(self._adapters), scales) != 0:
+            raise ModelLoadError("llama.cpp could not set the model's LoRA adapters on its context")
+
     def _open_generation_context(self) -> None:
         config = self.config
         # One KV stream per sequence (not unified), as llama-server runs: each sequence attends over its own
@@ -281,6 +301,7 @@ class Runner:
         if not self._ctx:
             self.close()
             raise ModelLoadError(f"llama.cpp could not create a context of {params.n_ctx} tokens")
+        self._apply_adapters(self._ctx)
         self._memory = llama.llama_get_memory(self._ctx)
         self.num_released_bytes = _release_zeroed_pages(mapped_before)
         self._batch = llama.llama_batch_init(config.batch_size, 0, 1)
@@ -438,6 +459,7 @@ class Runner:
         self._embed_ctx = llama.llama_init_from_model(self._model, params)
         if not self._embed_ctx:
             raise ModelLoadError(f"llama.cpp could not create an embedding context of {size} tokens")
+        self._apply_adapters(self._embed_ctx)
         self._embed_batch = llama.llama_batch_init(size, 0, 1)
         self._embed_size = size
 
