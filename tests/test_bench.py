@@ -322,8 +322,13 @@ def test_compare_report_ratios_and_verdicts(monkeypatch):
     args = argparse.Namespace(concurrency=[1, 4, 8], requests=10, prompt_tokens=32, max_tokens=100, threads=2,
                               num_ctx=3072, turns=2)
     ceiling = [level(1, 200), level(4, 280), level(8, 300)]
+    lokal_rounds = [report([level(1, tps), level(4, 266), level(8, 270)]) for tps in (110, 90, 120)]
+    server_rounds = [report([level(1, 100), level(4, 280), level(8, 250)]) for _ in range(3)]
     measured = compare.Measurements(ceiling=ceiling, lokal=report([level(1, 180), level(4, 266), level(8, 270)]),
                                     llama_cpp_python=report([level(1, 150), level(4, 100), level(8, 100)]),
+                                    rounds={"lokal": lokal_rounds, "llama-server": server_rounds},
+                                    itl={"lokal": [(10.0, 12.0)] * 3, "llama-server": [(10.0, 15.0)] * 3},
+                                    llama_server_turns=None,
                                     rss_mb={"lokal": 300.0}, lokal_default_rss_mb=400.0, run_cold_seconds=[2.0, 2.5, 9])
     text = compare.markdown(measured, args)
     assert f"| 1 | 200.0 | 180.0 | {180 / 200:.2f} | 150.0 | {180 / 150:.2f} |" in text
@@ -333,7 +338,13 @@ def test_compare_report_ratios_and_verdicts(monkeypatch):
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         if len(cells) == 3 and ("≥" in cells[0] or "≤" in cells[0]):
             verdicts[cells[0]] = (cells[1], cells[2])
-    assert len(verdicts) == len(compare.TARGETS)
+    assert len(verdicts) == len(compare.TARGETS) + 3 * 2 + 1  # + tok/s and TTFT at 1, 4, 8 and the long prompt
+    # Against llama-server: the median of the per-round ratios (1.10, 0.90, 1.20 at concurrency 1).
+    assert verdicts["lokal / llama-server tok/s at concurrency 1 ≥ 1.0 (median ratio)"] == ("1.10", "met")
+    assert verdicts["lokal / llama-server tok/s at concurrency 4 ≥ 1.0 (median ratio)"] == (f"{266 / 280:.2f}", "**missed**")
+    assert verdicts["p95 ITL with / without a 2,000-token prompt: lokal's over llama-server's ≤ 1.0"] == (
+        f"{1.2 / 1.5:.2f}", "met")
+    assert "| 1 | 110.0 | 100.0 | 1.10 |" in text
     assert verdicts["lokal / ceiling at concurrency 1 ≥ 0.82"] == (f"{180 / 200:.2f}", "met")
     assert verdicts["lokal / ceiling at concurrency 8 ≥ 0.92"] == (f"{270 / 300:.2f}", "**missed**")
     assert verdicts["TTFT p50 at concurrency 1 ≤ 50 ms"] == ("40.00", "met")
