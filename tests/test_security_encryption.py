@@ -90,7 +90,11 @@ def test_encrypted_store_runs_the_model(encrypted_store, smollm2_path):
     reference = Reference(smollm2_path).complete(PROMPT)
     with LLM(MODEL, settings=encrypted_settings(encrypted_store)) as llm:
         text = llm.generate(PROMPT, raw=True, options={"temperature": 0, "num_predict": NUM_PREDICT}).text
+        plaintext = llm.runtime.store.open(MODEL).path  # the 0600 copy llama.cpp reads
+        assert plaintext.is_file() and plaintext.stat().st_mode & 0o777 == 0o600
+        assert plaintext.read_bytes()[:4] == b"GGUF"
     assert text == reference
+    assert not plaintext.exists()  # removed when the model unloaded, not only when the process exits
 
 
 def test_wrong_or_missing_key_is_a_clear_error(encrypted_store):

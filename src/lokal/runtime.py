@@ -14,6 +14,7 @@ import time
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator, Literal
 
 from lokal.config import Settings, physical_cores
@@ -25,6 +26,7 @@ from lokal.hardware import DeviceChoice, available_memory, choose_device, detect
 from lokal.knowledge.index import DEFAULT_MIN_SCORE, DEFAULT_TOP_K, Hit, knowledge_prompt, load_index
 from lokal.output import output_splitter, split_events
 from lokal.prompt import build_prompt
+from lokal.security.encryption import DECRYPTED
 from lokal.security.integrity import check_for_load
 from lokal.store.gguf_info import ModelDetails
 from lokal.store.names import ModelName
@@ -82,6 +84,7 @@ class LoadedModel:
     memory: int
     format: str = "gguf"
     device: DeviceChoice | None = None
+    files: tuple[Path, ...] = ()  # what the engine reads: the weights and adapters (plaintext copies if encrypted)
     num_active: int = 0
     keep_alive: float = 300.0
     expires_at: float | None = None  # wall clock; None while busy or kept forever
@@ -451,7 +454,8 @@ class Runtime:
         except Exception as exc:  # llama.cpp reports load failures as a bare None/ValueError
             raise ModelLoadError(f'failed to load model "{entry.name.display}": {exc}') from exc
         model = LoadedModel(key=key, entry=entry, engine=engine, details=stored.details, template=stored.chat_template,
-                            config=config, memory=memory, format=model_format, device=device)
+                            config=config, memory=memory, format=model_format, device=device,
+                            files=(stored.path, *(adapter.path for adapter in stored.adapters)))
         self._loaded[key] = model
         return model
 
@@ -532,6 +536,8 @@ class Runtime:
             model.expiry_timer.cancel()
         started = time.perf_counter()
         await asyncio.to_thread(model.engine.close, reason)
+        for path in model.files:  # an encrypted store's plaintext copies go with the model
+            DECRYPTED.release(path)
         seconds = time.perf_counter() - started
         log.info("unloaded %s (%s) in %.2f s; %s", model.entry.name.display, why, seconds, self._residency())
         self._tell(ResidencyEvent("unload", model.entry.name.display, seconds, cause))

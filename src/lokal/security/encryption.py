@@ -173,8 +173,9 @@ def decrypt_file(cipher: Cipher, source: Path, target: Path, what: str, mode: in
 class DecryptedFiles:
     """Plaintext copies of encrypted blobs for readers that need a path (llama.cpp, the GGUF reader): one
     0600 file per blob in a private 0700 directory under TMPDIR (point TMPDIR at a tmpfs to keep plaintext
-    off the disk), made once per process and removed when the process exits; directories left by a
-    process that died are removed by the next one."""
+    off the disk), made when first needed, removed when the model that reads it is unloaded (``release``)
+    and all of them when the process exits; directories left by a process that died are removed by the
+    next one."""
 
     PREFIX = "lokal-decrypted-"
 
@@ -223,6 +224,14 @@ class DecryptedFiles:
         os.replace(temp, target)
         self._paths[key] = target
         return target
+
+    def release(self, path: Path) -> None:
+        """Remove one plaintext copy once the model reading it is unloaded. An engine still mapping the file
+        keeps its pages (the inode lives until unmapped); a later reader decrypts afresh."""
+        if self._directory is None or path.parent != self._directory:
+            return  # not a decrypted copy: a plain store's blob
+        path.unlink(missing_ok=True)
+        self._paths = {key: kept for key, kept in self._paths.items() if kept != path}
 
     def remove_all(self) -> None:
         import shutil
