@@ -29,7 +29,7 @@ CONTENT_DEPENDENT = {("POST", "/api/blobs/{digest}"), ("POST", "/api/create")}
 
 def run_every_operation(url: str, max_examples: int, **call: object) -> tuple[int, list[str]]:
     """Schemathesis over every documented operation of the server at ``url``; returns (operations, failures)."""
-    headers = call.get("headers")
+    headers = call.get("headers") or {}
     schema = schemathesis.openapi.from_url(url + "/openapi.json", headers=headers).exclude(path_regex=NEEDS_NETWORK)
     failures: list[str] = []
     num_operations = 0

@@ -38,9 +38,9 @@ STATUS_TEXT = {400: "Invalid request", 401: "An API key is required (LOKAL_AUTH)
                499: "Client closed the connection", 500: "The model failed to load",
                429: "The key's rate limit is reached (see Retry-After)",
                503: "Busy (queue full) or shutting down", 507: "Not enough memory to load the model"}
-# ModelName's grammar (store/names.py): [host/][namespace/]model[:tag][@sha256:<hex>].
+# ModelName's grammar (store/names.py): [host/][namespace/]model[:tag][@sha256:<hex>], no part with '..'.
 _PART = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}"
-MODEL_NAME_PATTERN = (rf"^([A-Za-z0-9][A-Za-z0-9_.:-]*/{_PART}/|{_PART}/)?{_PART}"
+MODEL_NAME_PATTERN = (rf"^(?!.*\.\.)([A-Za-z0-9][A-Za-z0-9_.:-]*/{_PART}/|{_PART}/)?{_PART}"
                       r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,79})?(@sha256[:-][0-9a-fA-F]{64})?$")
 MODEL_FIELDS = {"model", "source", "destination", "from"}
 # Routes that stream unless asked not to, and how.
