@@ -131,6 +131,8 @@ _TOOL_CHOICE = {"anyOf": [{"enum": ["auto", "none", "required"]}, _NULL, {
         "type": {"const": "function"}, "function": {"type": "object", "required": ["name"],
                                                     "properties": {"name": {"type": "string", "minLength": 1}}}}}]}
 _EFFORT = {"anyOf": [{"enum": ["low", "medium", "high", "none", "minimal"]}, _NULL]}
+_ANTHROPIC_SYSTEM = {"anyOf": [{"type": "string"}, _NULL, {"type": "array", "items": {
+    "type": "object", "required": ["type"], "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}}]}
 # What the handlers refuse beyond the wire types' own checks, as schema: component → field → schema.
 ENFORCED: dict[str, dict[str, Any]] = {
     "GenerateRequest": {"keep_alive": _KEEP_ALIVE, "think": _THINK, "logprobs": _NO_LOGPROBS,
@@ -175,10 +177,10 @@ ENFORCED: dict[str, dict[str, Any]] = {
     "MessageParam": {"content": {"anyOf": [{"type": "string"}, {"type": "array", "items": {
         "type": "object", "required": ["type", "text"],
         "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}}]}},
-    "MessageRequest": {"keep_alive": _KEEP_ALIVE, "mcp_servers": {"anyOf": [
+    "MessageRequest": {"keep_alive": _KEEP_ALIVE, "system": _ANTHROPIC_SYSTEM, "mcp_servers": {"anyOf": [
         {"type": "array", "maxItems": 0}, _NULL]}, "tool_choice": {"anyOf": [_NULL, {
             "type": "object", "required": ["type"], "properties": {"type": {"enum": ["auto", "any", "none"]}}}]}},
-    "CountTokensRequest": {"tool_choice": {"anyOf": [_NULL, {
+    "CountTokensRequest": {"system": _ANTHROPIC_SYSTEM, "tool_choice": {"anyOf": [_NULL, {
         "type": "object", "required": ["type"], "properties": {"type": {"enum": ["auto", "any", "none"]}}}]}},
     "ResponseRequest": {"keep_alive": _KEEP_ALIVE, "top_logprobs": _NO_TOP_LOGPROBS,
                         "background": {"anyOf": [{"const": False}, _NULL]},
