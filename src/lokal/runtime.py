@@ -377,9 +377,9 @@ class Runtime:
             # Idle caches survive unloads and restarts here, keyed by the weights' and adapters' blobs and the
             # adapters' scales (KV depends on them, not on a manifest's parameters) and the KV element type (a
             # cache saved with one cannot be read into another).
-            prompt_cache_dir=str(self.store.root / "kvcache" / "-".join(
-                [stored.path.name, *(f"{path.name}@{scale:g}" for path, scale in adapters),
-                 self.settings.kv_cache_type])),
+            prompt_cache_dir=str(self.store.prompt_cache_dir(
+                [stored.path.name, *(f"{path.name}@{scale:g}" for path, scale in adapters)],
+                self.settings.kv_cache_type)),
             num_draft=self.settings.draft_num_predict if load.draft_num_predict is None else load.draft_num_predict,
             adapters=tuple((str(path), scale) for path, scale in adapters),
         )
