@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 from lokal.engine.config import EngineConfig
 from lokal.engine.detok import Detokenizer
-from lokal.engine.draft import PromptLookup
+from lokal.engine.draft import DraftModel, Drafter, PromptLookup
 from lokal.engine.kv import SlotTable
 from lokal.engine.kv_files import load_prefixes, save_prefixes
 from lokal.engine.llamacpp import Runner
@@ -79,7 +79,9 @@ class Engine:
         self._close_reason = ""
         self._thread_name = f"lokal-engine-{model_path.rsplit('/', 1)[-1]}"
         self._worker: threading.Thread | None = None  # the thread stepping requests; None while idle
-        self.num_draft_accepted = 0  # speculative decoding: guessed tokens the model confirmed, all requests
+        self.num_draft_proposed = 0  # speculative decoding: tokens guessed, all requests
+        self.num_draft_accepted = 0  # … and those the model confirmed
+        self._draft_model: DraftModel | None = None
         ready: Future[Runner] = Future()
         loader = threading.Thread(target=self._load, args=(model_path, ready), daemon=True, name=self._thread_name)
         loader.start()
@@ -165,12 +167,8 @@ class Engine:
         if grammar and sampling.ignore_eos:
             sampling = replace(sampling, ignore_eos=False)  # a grammar says where the output ends
         sampler = self._runner.new_sampler(sampling, grammar, prompt)
-        # Guessing ahead is for plain greedy requests (a guess is checked against the logits' clear leader, see
-        # Runner.decode); sampled, penalized and grammar-constrained ones decode one token per step.
-        is_plain_greedy = (sampling.temperature <= 0 and not grammar and sampling.repeat_penalty == 1.0
-                           and sampling.frequency_penalty == 0.0 and sampling.presence_penalty == 0.0)
-        drafter = PromptLookup() if self.config.num_draft and is_plain_greedy else None
-        request = Request(tokens=prompt, sampling=sampling, sink=sink, sampler=sampler, drafter=drafter,
+        request = Request(tokens=prompt, sampling=sampling, sink=sink, sampler=sampler,
+                          drafter=self._drafter_for(sampling, grammar),
                           detok=Detokenizer(self._runner.output_piece, sampling.stop))
         handle = Handle(self, request)
         sink.attach(handle)
@@ -181,6 +179,18 @@ class Engine:
             self._inbox.append(request)
             self._ensure_worker()
         return handle
+
+    def _drafter_for(self, sampling: SamplingOptions, grammar: str | None) -> Drafter | None:
+        """Who guesses ahead for a request (speculative decoding), if anyone. Not grammar-constrained ones
+        (a guess would have to pass the grammar too), nor greedy ones with penalties: a greedy guess is
+        checked against the raw logits' clear leader (see Runner.decode), which penalties move."""
+        if not self.config.num_draft or grammar:
+            return None
+        has_penalties = (sampling.repeat_penalty != 1.0 or sampling.frequency_penalty != 0.0
+                         or sampling.presence_penalty != 0.0)
+        if sampling.temperature <= 0 and has_penalties:
+            return None
+        return self._draft_model or PromptLookup()
 
     def embed(self, token_lists: Sequence[Sequence[int]], normalize: bool = True) -> list[list[float]]:
         """One vector per token list, computed on the engine thread between steps (blocks the caller)."""
@@ -256,6 +266,13 @@ class Engine:
         except BaseException as exc:
             ready.set_exception(exc)
             return
+        if self.config.draft_model and self.config.num_draft and not self.config.embedding:
+            try:
+                self._draft_model = DraftModel(self.config.draft_model, self.config, runner)
+            except BaseException as exc:
+                runner.close()
+                ready.set_exception(exc)
+                return
         slots = SlotTable(self.config.num_parallel, runner, self.config.prompt_cache,
                           reuse_prefix=self.config.prefix_reuse)
         if self.config.prompt_cache_dir and self.config.prefix_reuse and not self.config.embedding:
@@ -308,10 +325,10 @@ class Engine:
                 self._step(runner)
 
     def _step(self, runner: Runner) -> None:
+        started = time.perf_counter_ns()  # planning included: a draft model guesses there
         plan = self._scheduler.plan()
         if not plan.chunks:
             return
-        started = time.perf_counter_ns()
         try:
             sampled = runner.decode(plan.chunks)
         except LokalError as exc:
@@ -324,6 +341,7 @@ class Engine:
         next_sampled = iter(sampled)
         for chunk in plan.chunks:
             request = chunk.request
+            self.num_draft_proposed += len(chunk.draft)
             self.num_draft_accepted += chunk.num_accepted
             if chunk.is_prefill:
                 request.prompt_eval_ns += elapsed
@@ -416,6 +434,8 @@ class Engine:
                               self.config.prompt_cache)
             except LokalError as exc:  # a slot's KV could not be read: that cache is simply lost
                 log.warning("prompt cache not written: %s", exc)
+        if self._draft_model is not None:
+            self._draft_model.close()
         runner.close()
 
     def _check_tokens(self, tokens: list[int]) -> None:

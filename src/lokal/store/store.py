@@ -186,6 +186,8 @@ class Store:
                 media_type_of("adapter"))),
             knowledge=tuple(self._layer_path(entry, layer) for layer in entry.manifest.layers_of(
                 media_type_of("knowledge"))),
+            draft=next((self._layer_path(entry, layer) for layer in entry.manifest.layers_of(
+                media_type_of("draft"))), None),
         )
 
     def exists(self, name: str | ModelName) -> bool:
