@@ -143,17 +143,17 @@ def models_test(name: str = typer.Argument(..., help="Model to test."),
             print(text_chart(report.benchmark, memory_bars))
 
 
-def resolve_for_device(name: str, device: str | None) -> str:
+def resolve_for_device(name: str, device: str | None, settings: Settings | None = None) -> str:
     """The catalog variant of ``name`` for ``device`` (or this machine's first usable device of
-    LOKAL_DEVICE); names outside the catalog pass through."""
-    from lokal.hardware import choose_device, detect
+    LOKAL_DEVICE, with LOKAL_QUANTIZATION); names outside the catalog pass through."""
+    from lokal.hardware import detect
     from lokal.store.catalog import Catalog
 
     catalog = Catalog.packaged()
     variant = catalog.resolve(name)
     if variant is None:
         return name
-    settings = Settings()
+    settings = settings or Settings()
     order = [device.lower()] if device else list(settings.device)
     chosen = catalog.variant_for(name, detect(), order, settings.quantization)
     print(f"{chosen.variant.name}: {chosen.reason}", file=sys.stderr)
@@ -386,7 +386,8 @@ def init(config: Path = typer.Option(Path("lokal.json"), "--config", help="Where
 def deploy(config: Path = typer.Option(..., "--config", help="Deployment config (JSON or YAML)."),
            dry_run: bool = typer.Option(False, "--dry-run", help="Validate and show the plan; change nothing."),
            port: Optional[int] = typer.Option(None, "--port", help="Overrides deployment.api.port.")) -> None:
-    """Validate a deployment config, pull or convert its model, and serve with its settings."""
+    """Validate a deployment config, pull or convert its model, and serve with its settings (the model loaded
+    at start)."""
     from lokal.deploy_config import load
     from lokal.store.sources import pull
     from lokal.store.store import Store
@@ -397,7 +398,8 @@ def deploy(config: Path = typer.Option(..., "--config", help="Deployment config 
         overrides["host"] = f"{Settings(overrides={'config': str(config)}).host[0]}:{port}"
     settings = Settings(overrides=overrides)
     model = plan.deployment.model
-    target = resolve_for_device(model, None) if model else None
+    # The file's hardware preference and quantization choose the variant, as they do at load.
+    target = resolve_for_device(model, None, settings) if model else None
     print(f"deployment config {config} is valid")
     for name, value, source, _ in settings.rows():
         if source in ("file", "flag") and name != "LOKAL_CONFIG":
@@ -411,10 +413,22 @@ def deploy(config: Path = typer.Option(..., "--config", help="Deployment config 
         if not store.exists(target):
             from lokal.cli.render import show_pull
 
+            print(f"pulling {target}" + (" (converting it here)" if _is_converted(target) else ""),
+                  file=sys.stderr, flush=True)
             show_pull(pull(store, target, settings))
+        if not settings.preload:  # LOKAL_PRELOAD from the environment or a flag wins
+            settings = Settings(overrides={**overrides, "preload": target})
     from lokal.server.serve import serve as run_server
 
     run_server(settings)
+
+
+def _is_converted(name: str) -> bool:
+    """Whether the catalog makes this variant here with `lokal convert` rather than downloading it."""
+    from lokal.store.catalog import Catalog
+
+    variant = Catalog.packaged().resolve(name)
+    return variant is not None and any(source.kind == "convert" for source in variant.sources)
 
 
 def register(app: typer.Typer) -> None:
