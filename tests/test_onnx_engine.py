@@ -135,3 +135,51 @@ def test_show_command_names_format_and_provider(onnx_store, monkeypatch):
     shown = CliRunner().invoke(app, ["show", ONNX_NAME])
     assert shown.exit_code == 0, shown.output
     assert "onnx" in shown.output and "execution provider" in shown.output and "int4" in shown.output
+
+
+def test_runtime_counts_one_slot_for_an_onnx_model(onnx_store):
+    """The ONNX engine decodes one request at a time, so with LOKAL_NUM_PARALLEL=4 and LOKAL_MAX_QUEUE=1 a
+    second request already waits and a third is refused with ServerBusy (503); `ps` says 1."""
+    import asyncio
+
+    from lokal.config import Settings
+    from lokal.errors import ServerBusy
+    from lokal.runtime import Runtime
+    from lokal.types import GenerateRequest
+
+    def request(num_predict: int) -> GenerateRequest:
+        return GenerateRequest(model=ONNX_NAME, prompt="Once upon a time", raw=True,
+                               options={"temperature": 0, "num_predict": num_predict, "ignore_eos": True})
+
+    async def scenario():
+        runtime = Runtime(Settings(environ={"LOKAL_MODELS": str(onnx_store), "LOKAL_NUM_PARALLEL": "4",
+                                            "LOKAL_MAX_QUEUE": "1", "LOKAL_CONTEXT_LENGTH": "1024"}))
+        first = runtime.generate(request(900))  # long enough to still run while the others arrive
+        try:
+            assert isinstance(await anext(first), Token)  # running: it holds the one slot
+            second = asyncio.create_task(_drain(runtime.generate(request(1))))
+            while runtime.num_in_flight < 2:
+                await asyncio.sleep(0.01)
+            assert runtime.num_waiting == 1
+            [running] = runtime.running()
+            assert (running.num_parallel, running.concurrency) == (1, "queue")
+            assert runtime.loaded_engine(ONNX_NAME).config.num_parallel == 1
+            with pytest.raises(ServerBusy, match="LOKAL_MAX_QUEUE"):
+                await anext(runtime.generate(request(1)))
+            await first.aclose()  # cancels the long request: the waiting one runs next
+            done = await asyncio.wait_for(second, 120)
+            assert done.eval_count == 1
+        finally:
+            await first.aclose()
+            await runtime.close()
+
+    asyncio.run(scenario())
+
+
+async def _drain(events) -> Done:
+    done = None
+    async for event in events:
+        if isinstance(event, Done):
+            done = event
+    assert done is not None
+    return done

@@ -57,6 +57,7 @@ class RunningModel:
     device: str = "cpu"  # where it runs, chosen from LOKAL_DEVICE (hardware.choose_device)
     device_reason: str = ""
     concurrency: str = "batch"  # batch: continuous batching over num_parallel slots; queue: one at a time
+    num_parallel: int = 1  # requests it decodes at once: the slots the queue's capacity counts
 
 
 # Why a model was unloaded, as a bounded word for metrics (the log line says it in full).
@@ -303,7 +304,7 @@ class Runtime:
                 expires_at=expires, details=model.details, format=model.format,
                 device=model.device.device if model.device else "cpu",
                 device_reason=model.device.reason if model.device else "",
-                concurrency=getattr(model.engine, "concurrency", "batch")))
+                concurrency=getattr(model.engine, "concurrency", "batch"), num_parallel=model.config.num_parallel))
         return result
 
     def loaded_engine(self, model: str) -> ModelEngine | None:
@@ -361,9 +362,12 @@ class Runtime:
         trained = details.context_length or DEFAULT_NUM_CTX
         adapters = tuple((adapter.path, adapter.scale * load.adapter_scale) for adapter in stored.adapters)
         num_ctx = load.num_ctx or self.settings.context_length or min(DEFAULT_NUM_CTX, trained)
+        # The ONNX engine decodes one request at a time (engine/onnx.py): one slot, so the queue's capacity,
+        # its 503s, the KV memory estimate and `ps` count what really runs, not LOKAL_NUM_PARALLEL.
+        num_parallel = 1 if stored.format == "onnx" else load.num_parallel or self.settings.num_parallel
         return EngineConfig(
             num_ctx=num_ctx,
-            num_parallel=load.num_parallel or self.settings.num_parallel,
+            num_parallel=num_parallel,
             num_batch=load.num_batch if load.num_batch != LoadOptions.num_batch else self.settings.num_batch,
             num_thread=load.num_thread or self.settings.num_thread or physical_cores(),
             # LOKAL_DEVICE preferring the CPU over a GPU this build could use keeps the layers on the CPU.

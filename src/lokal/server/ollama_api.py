@@ -233,7 +233,7 @@ async def running_models(request: Request) -> Response:
                        "expires_at": (model.expires_at or FOREVER).isoformat(),
                        "size_vram": model.size_vram, "context_length": model.context_length,
                        "format": model.format, "device": model.device, "device_reason": model.device_reason,
-                       "concurrency": model.concurrency})
+                       "concurrency": model.concurrency, "num_parallel": model.num_parallel})
     return JSONResponse({"models": models})
 
 
