@@ -162,6 +162,7 @@ async def root() -> str:
 
 
 @router.get("/api/version", response_model=wire.VersionResponse, tags=["service"])
+@router.head("/api/version", include_in_schema=False)  # Ollama answers HEAD here and on /api/tags: clients probe
 async def version() -> Response:
     return JSONResponse({"version": __version__})
 
@@ -238,6 +239,7 @@ async def running_models(request: Request) -> Response:
 
 
 @router.get("/api/tags", response_model=wire.ListResponse, tags=["ollama"])
+@router.head("/api/tags", include_in_schema=False)
 async def list_models(request: Request) -> Response:
     return JSONResponse({"models": await anyio.to_thread.run_sync(_list_models, runtime_of(request).store)})
 
