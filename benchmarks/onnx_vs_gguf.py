@@ -99,9 +99,9 @@ def main() -> None:
         f"## {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · GGUF vs ONNX, 1 and {args.concurrency} streams ({cpu}, "
         f"{physical_cores()} cores)",
         "",
-        f"`benchmarks/onnx_vs_gguf.py --runs {args.runs} --tokens {args.tokens} --concurrency {args.concurrency}`: SmolLM2-135M-Instruct, the bundled "
-        f"Q4_1 GGUF and its `lokal convert` int4 ONNX, in lokal's engines in one process, runs alternated; one "
-        f"greedy request, {args.tokens} tokens out with EOS ignored, then {args.concurrency} such requests at once "
+        f"`benchmarks/onnx_vs_gguf.py --runs {args.runs} --tokens {args.tokens} --concurrency {args.concurrency}`: "
+        f"SmolLM2-135M-Instruct, the bundled Q4_1 GGUF and its `lokal convert` int4 ONNX, in lokal's engines in one "
+        f"process, runs alternated; one greedy request, {args.tokens} tokens out with EOS ignored, then {args.concurrency} such requests at once "
         f"(engines loaded with num_parallel {args.concurrency}); medians over {args.runs} runs. The machine is "
         f"shared: compare the two rows, not the absolute figures.",
         "",
