@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request, Response
 from lokal import types as internal
 from lokal.errors import BadRequest, LokalError
 from lokal.server import responses_types as wire
-from lokal.server.edge import (check_logprobs, decode_base64, parse_keep_alive, parse_think, parse_tool_choice,
+from lokal.server.edge import (decode_base64, parse_keep_alive, parse_think, parse_tool_choice,
                                respond, runtime_of)
 from lokal.server.streaming import SSE, Answer, JSONResponse
 from lokal.store.responses import ResponseStore, StoredResponse
@@ -305,7 +305,8 @@ class ResponsesRenderer:
 @router.post("/responses", response_model=wire.Response)
 async def create_response(body: wire.ResponseRequest, request: Request) -> Response:
     """Answer input items (or text), optionally continuing a stored response's conversation."""
-    check_logprobs(None, body.top_logprobs)
+    if body.top_logprobs:
+        raise BadRequest("top_logprobs is not supported on /v1/responses yet (use /v1/chat/completions)")
     if body.background:
         raise BadRequest("background responses are not supported: omit background")
     store = response_store(request)
