@@ -225,7 +225,7 @@ def test_legacy_completion_is_raw_unless_it_fills_in_the_middle():
 def test_sse_stream_ends_with_done_and_carries_usage_when_asked():
     renderer = openai_api.CompletionRenderer("smollm2", chat=True, include_usage=True)
     first = renderer.token(internal.Token(text="Hi", ids=[1]))
-    last = renderer.done(internal.Done(reason="length", prompt_eval_count=4, eval_count=1))
+    last = renderer.done(internal.Done(reason="length", prompt_count=4, prompt_eval_count=4, eval_count=1))
     parts = [part for part in (first + last).split(b"\n\n") if part and part != b"data: [DONE]"]
     events = [json.loads(part[len(b"data: "):]) for part in parts]
     assert (first + last).endswith(b"data: [DONE]\n\n")

@@ -229,8 +229,12 @@ class Done:
     load_duration: int = 0
     total_duration: int = 0
     context: list[int] = field(default_factory=list)  # prompt + generated tokens
+    # The whole prompt's tokens, a reused prefix included (OpenAI's prompt_tokens; prompt_eval_count leaves
+    # the reused prefix out). Not len(context) - eval_count: eval_count counts an end token context has not.
+    prompt_count: int = 0
     knowledge: list[dict[str, Any]] = field(default_factory=list)  # FILE chunks put in the prompt: file, chunk, score
     model: str = ""  # the model that generated, as the store names it (set by the runtime)
+    stop_sequence: str | None = None  # the stop string that ended it (reason "stop"), if one did
 
     @property
     def prompt_tokens_per_second(self) -> float:

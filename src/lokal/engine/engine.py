@@ -374,10 +374,11 @@ class Engine:
             self._end(request)
 
     def _done(self, request: Request, reason: DoneReason) -> Done:
-        return Done(reason=reason, prompt_eval_count=request.num_prompt_evaluated,
+        return Done(reason=reason, prompt_count=request.num_prompt_tokens,
+                    prompt_eval_count=request.num_prompt_evaluated,
                     prompt_eval_duration=request.prompt_eval_ns, eval_count=request.num_generated,
                     eval_duration=request.eval_ns, total_duration=time.perf_counter_ns() - request.submitted_ns,
-                    context=list(request.tokens))
+                    context=list(request.tokens), stop_sequence=request.detok.matched_stop)
 
     def _push(self, request: Request, events: list[Event]) -> bool:
         try:

@@ -263,10 +263,11 @@ class OnnxEngine:
                 pending = []
         tail = detok.flush() if not detok.is_stopped else ""
         events: list[Event] = [Token(tail, pending)] if tail else []
-        events.append(Done(reason=reason, prompt_eval_count=len(request.tokens), prompt_eval_duration=prompt_ns,
+        events.append(Done(reason=reason, prompt_count=len(request.tokens), prompt_eval_count=len(request.tokens),
+                           prompt_eval_duration=prompt_ns,
                            eval_count=len(generated), eval_duration=time.perf_counter_ns() - eval_started,
                            total_duration=time.perf_counter_ns() - request.submitted_ns,
-                           context=request.tokens + generated))
+                           context=request.tokens + generated, stop_sequence=detok.matched_stop))
         _push(request, events)
 
     def _check_ids(self, ids: list[int]) -> None:

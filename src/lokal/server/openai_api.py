@@ -157,8 +157,7 @@ def to_completion_request(body: wire.CompletionRequest) -> internal.GenerateRequ
 
 
 def usage(done: internal.Done) -> dict[str, int]:
-    # OpenAI counts the whole prompt; prompt_eval_count leaves out a reused prefix, the context does not.
-    prompt_tokens = len(done.context) - done.eval_count if done.context else done.prompt_eval_count
+    prompt_tokens = done.prompt_count  # the whole prompt, as OpenAI counts it (a reused prefix included)
     return {"prompt_tokens": prompt_tokens, "completion_tokens": done.eval_count,
             "total_tokens": prompt_tokens + done.eval_count}
 

@@ -260,7 +260,7 @@ class ResponsesRenderer:
         return out + self._calls(token.tool_calls)
 
     def _finish(self, done: internal.Done) -> dict[str, Any]:
-        prompt_tokens = len(done.context) - done.eval_count if done.context else done.prompt_eval_count
+        prompt_tokens = done.prompt_count
         incomplete = done.reason == "length"
         self.response.update(
             status="incomplete" if incomplete else "completed", output=self.output,
