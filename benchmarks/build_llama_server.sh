@@ -13,7 +13,11 @@ CACHE="${LOKAL_BENCH_CACHE:-$HOME/.cache/lokal-bench}"
 JOBS="${JOBS:-$(nproc)}"
 PIP="${PIP:-pip}"
 SRC="$CACHE/llama_cpp_python-$VERSION"
-BUILD="$CACHE/build-$VERSION"
+# A native build uses whatever instructions this CPU has, so a cached binary from another CPU can die with
+# SIGILL: the build directory is keyed by the CPU's feature flags too.
+CPU_KEY="$( (grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || sysctl -n machdep.cpu.features 2>/dev/null || uname -m) \
+    | cksum | cut -d' ' -f1)"
+BUILD="$CACHE/build-$VERSION-$CPU_KEY"
 BIN="$BUILD/bin/llama-server"
 
 if [[ -x "$BIN" ]]; then

@@ -14,7 +14,6 @@ from ``await`` on the AsyncClient). Errors raise ``lokal.errors`` types: ``Model
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import httpx
 from lokal.config import Settings, parse_host
 from lokal.errors import (BadRequest, Cancelled, Forbidden, LokalError, ModelNotFound, ServerBusy, ServerUnavailable,
                           Unauthorized)
+from lokal.store.blobs import file_sha256_hex
 
 # Connecting fails fast; reading waits as long as a generation takes unless a timeout is given.
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -154,11 +154,7 @@ def _unavailable(url: str, exc: Exception) -> ServerUnavailable:
 
 
 def file_digest(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(UPLOAD_CHUNK_BYTES):
-            hasher.update(chunk)
-    return "sha256:" + hasher.hexdigest()
+    return "sha256:" + file_sha256_hex(path)
 
 
 class _Endpoints:

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 from lokal.errors import BadRequest, ConfigError
-from lokal.store.blobs import fsync_directory
+from lokal.store.blobs import file_sha256_hex, fsync_directory
 from lokal.store.store import Store
 
 FORMAT = "lokal-backup"
@@ -102,7 +102,7 @@ def verify_backup(source: Path, progress: Progress = lambda _: None) -> dict[str
             raise InvalidBackup(f"{source} is incomplete: {relative} is missing") from None
         if size != spec.get("size"):
             raise InvalidBackup(f"{source}: {relative} has {size} bytes, the backup says {spec.get('size')}")
-        if _sha256(path) != spec.get("sha256"):
+        if file_sha256_hex(path) != spec.get("sha256"):
             raise InvalidBackup(f"{source}: {relative} is damaged (its checksum differs)")
     return index
 
@@ -184,14 +184,6 @@ def _copy(source: Path, destination: Path) -> dict[str, Any]:
         os.fsync(writer.fileno())
     shutil.copymode(source, destination)
     return {"sha256": hasher.hexdigest(), "size": size}
-
-
-def _sha256(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest()
 
 
 def _write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:

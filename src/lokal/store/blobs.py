@@ -50,6 +50,15 @@ def normalize_digest(digest: str) -> str:
     return "sha256:" + digest_hex(digest)
 
 
+def file_sha256_hex(path: Path) -> str:
+    """The lower-case sha256 hex of a file's bytes as they lie on disk, read in chunks."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(CHUNK_SIZE):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
 def fsync_directory(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
 from lokal.errors import BadRequest
-from lokal.store.blobs import digest_hex
+from lokal.store.blobs import digest_hex, file_sha256_hex
 from lokal.store.manifests import Manifest
 from lokal.store.names import ModelName
 from lokal.store.sealing import SealError, seal_file, unseal_file
@@ -60,7 +60,7 @@ def export_models(store: Store, names: Iterable[str], output: Path,
     files = {}
     for member, path in members.items():
         progress(f"hashing {member}")
-        files[member] = {"sha256": _sha256_file(path), "size": path.stat().st_size}
+        files[member] = {"sha256": file_sha256_hex(path), "size": path.stat().st_size}
     index = json.dumps({"format": FORMAT, "version": VERSION, "models": models, "files": files},
                        indent=2).encode()
     temp = output.with_name(f".{output.name}.partial")
