@@ -1,5 +1,5 @@
-"""Log-probabilities on /api/generate, /api/chat, /v1/chat/completions and /v1/completions, through the
-official ``ollama`` and ``openai`` clients against a live ``lokal serve``, streaming and not.
+"""Log-probabilities on /api/generate, /api/chat, /v1/chat/completions, /v1/completions and /v1/responses,
+through the official ``ollama`` and ``openai`` clients against a live ``lokal serve``, streaming and not.
 
 The independent reference is llama-cpp-python's own ``create_completion(logprobs=…)`` (``logits_all``) on
 the same GGUF: its own tokenizing, decoding and log-softmax. Temperature 0 throughout."""
@@ -186,6 +186,28 @@ def test_openai_completions_logprobs_in_the_legacy_shape(client, reference):
         text += chunk.choices[0].text
     assert tokens == logprobs.tokens and text == prompt + choice.text
     assert offsets == [len(prompt) + offset for offset in logprobs.text_offset]
+
+
+def test_responses_api_output_text_logprobs(client):
+    response = client.responses.create(model=MODEL, input=COUNT[0]["content"], temperature=0,
+                                       max_output_tokens=NUM_PREDICT, include=["message.output_text.logprobs"],
+                                       top_logprobs=2, store=False)
+    (message,) = response.output
+    (part,) = message.content
+    entries = [entry.model_dump() for entry in part.logprobs]
+    assert "".join(entry["token"] for entry in entries) == part.text and len(entries) == NUM_PREDICT
+    assert all(len(entry["top_logprobs"]) == 2 for entry in entries)
+    check_distribution(entries)
+    events = list(client.responses.create(model=MODEL, input=COUNT[0]["content"], temperature=0,
+                                          max_output_tokens=NUM_PREDICT, include=["message.output_text.logprobs"],
+                                          stream=True, store=False))
+    deltas = [event for event in events if event.type == "response.output_text.delta"]
+    for delta in deltas:
+        assert "".join(entry.token for entry in delta.logprobs) == delta.delta
+    (done,) = [event for event in events if event.type == "response.output_text.done"]
+    assert [entry.token for entry in done.logprobs] == [entry["token"] for entry in entries]
+    plain = client.responses.create(model=MODEL, input="Hi", max_output_tokens=2, store=False)
+    assert all(part.logprobs == [] for item in plain.output if item.type == "message" for part in item.content)
 
 
 def test_requests_without_logprobs_carry_none(native, client):

@@ -178,7 +178,7 @@ ENFORCED: dict[str, dict[str, Any]] = {
             "type": "object", "required": ["type"], "properties": {"type": {"enum": ["auto", "any", "none"]}}}]}},
     "CountTokensRequest": {"system": _ANTHROPIC_SYSTEM, "tool_choice": {"anyOf": [_NULL, {
         "type": "object", "required": ["type"], "properties": {"type": {"enum": ["auto", "any", "none"]}}}]}},
-    "ResponseRequest": {"keep_alive": _KEEP_ALIVE, "top_logprobs": _NO_TOP_LOGPROBS,
+    "ResponseRequest": {"keep_alive": _KEEP_ALIVE,
                         "background": {"anyOf": [{"const": False}, _NULL]},
                         "input": {"anyOf": [{"type": "string", "minLength": 1}, {"type": "array", "minItems": 1,
                                                                                   "items": {"type": "object", "required": ["role", "content"], "properties": {
