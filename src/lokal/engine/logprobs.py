@@ -1,9 +1,9 @@
 """Log-probabilities of generated tokens, from the logits the runner sampled them from.
 
 Only requests that ask for them pay: one log-softmax over the vocabulary and a top-k by ``argpartition``
-(~0.4 ms and ~0.9 ms with 20 alternatives per token for SmolLM2's 49k-token vocabulary, measured on a busy
-2-core machine, where one decode step of that model took far longer). The raw logits are used, before penalties, temperature
-and truncation, as Ollama (runner/common/logprob.go), llama-server's default ``n_probs`` and
+(~0.4 ms, ~0.9 ms with 20 alternatives, per token of SmolLM2's 49k-token vocabulary on a busy 2-core
+machine, where one decode step of that model took far longer). The raw logits are used, before penalties,
+temperature and truncation, as Ollama (runner/common/logprob.go), llama-server's default ``n_probs`` and
 llama-cpp-python report them: at temperature 0 a truncated distribution would put every other token at
 -inf and say nothing.
 """
