@@ -101,19 +101,20 @@ def greedy_reference():
 
 @pytest.fixture(scope="session")
 def onnx_store(tmp_path_factory) -> Path:
-    """A store with the bundled SmolLM2 (GGUF) and its ONNX int4 CPU conversion (`lokal convert`), made once
-    per test session: the conversion takes about a minute of CPU."""
+    """A store with the bundled SmolLM2 (GGUF) and its ONNX int4 CPU conversion, made once per test session
+    (the conversion takes about a minute of CPU) the way `lokal pull` and `lokal deploy` make it: the catalog's
+    `smollm2:135m-onnx-int4-cpu` variant is converted here from the GGUF (`lokal convert`)."""
     pytest.importorskip("onnxruntime_genai")
     pytest.importorskip("transformers")
     from lokal.config import Settings
-    from lokal.convert.onnx_export import convert_to_onnx
     from lokal.store.sources import pull
     from lokal.store.store import Store
 
     root = tmp_path_factory.mktemp("onnx-models")
     store = Store(root)
-    for _ in pull(store, "smollm2", Settings(environ={"LOKAL_MODELS": str(root)})):
+    settings = Settings(environ={"LOKAL_MODELS": str(root)})
+    for _ in pull(store, "smollm2", settings):
         pass
-    for _ in convert_to_onnx(store, "smollm2", work_dir=tmp_path_factory.mktemp("convert")):
-        pass
+    statuses = [progress.status for progress in pull(store, "smollm2:135m-onnx-int4-cpu", settings)]
+    assert any(status.startswith("converting") for status in statuses) and statuses[-1] == "success", statuses
     return root

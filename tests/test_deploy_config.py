@@ -215,3 +215,85 @@ def test_init_writes_a_commented_starter_that_deploy_validates(tmp_path, monkeyp
     bad = write(tmp_path, with_fields(deployment__hardware={"preferred": "tpu"}), "bad.json")
     refused = CliRunner().invoke(app, ["deploy", "--config", str(bad), "--dry-run"])
     assert refused.exit_code == 1 and "deployment.hardware.preferred" in refused.output
+
+
+def _deploy(config_path, models, log_path):
+    """`lokal deploy --config FILE` as a user runs it: a subprocess with no LOKAL_*/OLLAMA_* environment, so the
+    file decides. Returns the process once /ready answers 200 (the file's model pulled and loaded)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("LOKAL_", "OLLAMA_"))}
+    environ.update(LOKAL_MODELS=str(models), PYTHONUNBUFFERED="1")
+    log_file = open(log_path, "wb")
+    process = subprocess.Popen([sys.executable, "-m", "lokal", "deploy", "--config", str(config_path)], env=environ,
+                               stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    log_file.close()
+    url = f"http://127.0.0.1:{json.loads(config_path.read_text())['deployment']['api']['port']}"
+    deadline = time.monotonic() + 600  # a generous bound on a shared machine, not a measurement
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"lokal deploy exited with {process.returncode}\n{log_path.read_text()}")
+        try:
+            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError(f"lokal deploy was not ready in time\n{log_path.read_text()}")
+
+
+def _stop(process, log_path) -> None:
+    import signal
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(60) == 0, log_path.read_text()
+
+
+def test_deploy_pulls_the_missing_model_and_serves_with_the_files_settings(tmp_path):
+    """A fresh store: deploy pulls the file's model (with progress), loads it at start, and serves on the file's
+    port with its settings: parallel_requests and max_context in /api/ps, openai_compatible false → no /v1."""
+    from server_fixture import free_port
+
+    path = write(tmp_path, with_fields(deployment__api={"port": free_port(), "openai_compatible": False},
+                                       deployment__hardware={"preferred": "cpu", "fallback": []}))
+    log_path = tmp_path / "deploy.log"
+    process, url = _deploy(path, tmp_path / "store", log_path)
+    try:
+        [model] = httpx.get(url + "/api/ps").json()["models"]
+        assert model["name"] == "smollm2:135m-q4_1" and model["format"] == "gguf"
+        assert (model["num_parallel"], model["context_length"]) == (3, 256)  # parallel_requests, max_context
+        assert httpx.get(url + "/v1/models").status_code == 404
+        reply = httpx.post(url + "/api/generate", timeout=120, json={
+            "model": "smollm2:135m-q4_1", "prompt": "1, 2, 3, 4, 5, 6,", "raw": True, "stream": False,
+            "options": {"temperature": 0, "num_predict": 3}}).json()
+        assert reply["response"].startswith(" 7") and not reply.get("load_duration")  # loaded at start
+    finally:
+        _stop(process, log_path)
+    log = log_path.read_text()
+    assert "pulling smollm2:135m-q4_1" in log and "success" in log
+    assert Store(tmp_path / "store").exists("smollm2:135m-q4_1")
+
+
+def test_deploy_picks_the_onnx_variant_the_file_asks_for(onnx_store, tmp_path):
+    """quantization int4 on the CPU picks the catalog's ONNX variant of smollm2 (converted by the session's
+    fixture through the same pull deploy calls); it is served beside /v1, batching parallel_requests 3."""
+    from server_fixture import free_port
+
+    data = with_fields(deployment__api={"port": free_port(), "openai_compatible": True},
+                       deployment__hardware={"preferred": "cpu", "fallback": []},
+                       deployment__optimization={"quantization": "int4", "batch_size": 64, "max_context": 512})
+    path = write(tmp_path, data)
+    log_path = tmp_path / "deploy.log"
+    process, url = _deploy(path, onnx_store, log_path)
+    try:
+        [model] = httpx.get(url + "/api/ps").json()["models"]
+        assert (model["name"], model["format"], model["device"]) == ("smollm2:135m-onnx-int4-cpu", "onnx", "cpu")
+        assert (model["num_parallel"], model["concurrency"]) == (3, "batch")  # parallel_requests
+        assert httpx.get(url + "/v1/models").status_code == 200
+    finally:
+        _stop(process, log_path)
+    assert "pulling" not in log_path.read_text()  # already in the store: nothing to pull or convert

@@ -394,11 +394,15 @@ async def _open_target(config: BenchConfig, settings: Settings | None) -> Target
 
 
 async def run_bench_async(config: BenchConfig, settings: Settings | None = None,
-                          progress: Progress | None = None) -> BenchReport:
+                          progress: Progress | None = None, target: Target | None = None) -> BenchReport:
+    """``target``: one the caller opened and will close (`lokal models test` benchmarks the model it loaded);
+    by default one is opened from ``config`` and closed at the end."""
     config.validate()
     say = progress or (lambda message: None)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    target = await _open_target(config, settings)
+    is_own_target = target is None
+    if target is None:
+        target = await _open_target(config, settings)
     try:
         settings_shown = {**asdict(config), "api_key": "***" if config.api_key else None}  # reports get shared
         report = BenchReport(target=target.description, settings=settings_shown, machine=describe_machine(),
@@ -423,12 +427,14 @@ async def run_bench_async(config: BenchConfig, settings: Settings | None = None,
             report.multi_turn = multi_turn_stats(turns, cold)
         return report
     finally:
-        await target.aclose()
+        if is_own_target:
+            await target.aclose()
 
 
-def run_bench(config: BenchConfig, settings: Settings | None = None, progress: Progress | None = None) -> BenchReport:
+def run_bench(config: BenchConfig, settings: Settings | None = None, progress: Progress | None = None,
+              target: Target | None = None) -> BenchReport:
     """Run the benchmark ``config`` describes and return its report (blocking)."""
-    return asyncio.run(run_bench_async(config, settings, progress))
+    return asyncio.run(run_bench_async(config, settings, progress, target))
 
 
 __all__ = ["BenchConfig", "Work", "HttpTarget", "InProcessTarget", "prompt_text", "work_for", "run_level",

@@ -291,18 +291,34 @@ def _render_multi_turn(stats: MultiTurnStats, console: Any) -> None:
         console.print(f"last turn TTFT / same prompt cold: {ratio:.3f}")
 
 
-def plot(report: BenchReport, path: str | Path) -> Path:
-    """A PNG of aggregate and per-stream tok/s (left) and TTFT p50/p95 (right) against concurrency."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise MissingDependency("the plot needs matplotlib: pip install matplotlib") from None
+def check_plot_dependency() -> None:
+    """Raise before a long run whose plot could not be drawn."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise MissingDependency("the plot needs matplotlib: pip install 'lokal[bench]' (or matplotlib)")
+
+
+def plot(report: BenchReport, path: str | Path, memory: dict[str, int] | None = None) -> Path:
+    """A PNG of aggregate and per-stream tok/s (left) and TTFT p50/p95 (middle) against concurrency, and with
+    ``memory`` (label → bytes) a third panel of memory bars."""
+    check_plot_dependency()
+    import matplotlib
+
     matplotlib.use("Agg")  # files only; never a window
     import matplotlib.pyplot as plt
 
     levels = report.levels
     concurrency = [level.concurrency for level in levels]
-    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(11, 4.2))
+    if memory:
+        figure, (throughput, latency, memory_axes) = plt.subplots(1, 3, figsize=(15, 4.2))
+        labels = list(memory)
+        bars = memory_axes.bar(labels, [memory[label] / 1e6 for label in labels], color="tab:gray")
+        memory_axes.bar_label(bars, fmt="%.0f")
+        memory_axes.set(ylabel="MB", title="memory (resident)")
+        memory_axes.grid(alpha=0.3, axis="y")
+    else:
+        figure, (throughput, latency) = plt.subplots(1, 2, figsize=(11, 4.2))
     throughput.plot(concurrency, [level.aggregate_tps for level in levels], marker="o", label="aggregate")
     throughput.plot(concurrency, [level.decode_tps_p50 or math.nan for level in levels], marker="s",
                     label="per stream (p50)")
@@ -324,5 +340,24 @@ def plot(report: BenchReport, path: str | Path) -> Path:
     return output
 
 
+def text_chart(report: BenchReport, memory: dict[str, int] | None = None, width: int = 40) -> str:
+    """The plot's numbers as plain-text bars, for a terminal: aggregate tok/s per concurrency level and,
+    with ``memory`` (label → bytes), memory in MB."""
+    sections = [("aggregate tok/s by concurrent requests", [(str(level.concurrency), level.aggregate_tps)
+                                                             for level in report.levels])]
+    if memory:
+        sections.append(("memory, MB", [(label, value / 1e6) for label, value in memory.items()]))
+    lines = []
+    for title, rows in sections:
+        if not rows:
+            continue
+        lines.append(title)
+        label_width = max(len(label) for label, _ in rows)
+        top = max(value for _, value in rows) or 1.0
+        for label, value in rows:
+            lines.append(f"  {label:>{label_width}} │{'█' * round(width * value / top):<{width}} {value:.1f}")
+    return "\n".join(lines)
+
+
 __all__ = ["RequestResult", "LevelStats", "TurnStats", "MultiTurnStats", "BenchReport", "percentile", "summarize",
-           "multi_turn_stats", "describe_machine", "render", "plot"]
+           "multi_turn_stats", "describe_machine", "render", "plot", "text_chart", "check_plot_dependency"]

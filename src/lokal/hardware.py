@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,38 @@ def process_rss() -> int | None:
         return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
+
+
+class PeakRss:
+    """The highest resident size of this process while a ``with`` block runs, sampled on a thread every
+    ``interval`` seconds (a model's memory peaks briefly while it loads and while batches run). ``peak`` stays
+    None where ``process_rss`` knows nothing."""
+
+    def __init__(self, interval: float = 0.01):
+        self.interval = interval
+        self.peak: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True, name="lokal-rss")
+
+    def _sample(self) -> None:
+        while True:
+            self._sample_once()
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample_once()
+
+    def _sample_once(self) -> None:
+        rss = process_rss()
+        if rss is not None and (self.peak is None or rss > self.peak):
+            self.peak = rss
 
 
 def _meminfo_available() -> int:

@@ -57,6 +57,7 @@ class RunningModel:
     device: str = "cpu"  # where it runs, chosen from LOKAL_DEVICE (hardware.choose_device)
     device_reason: str = ""
     concurrency: str = "batch"  # batch: continuous batching over num_parallel slots; queue: one at a time
+    num_parallel: int = 1  # requests it decodes at once: the slots the queue's capacity counts
 
 
 # Why a model was unloaded, as a bounded word for metrics (the log line says it in full).
@@ -95,6 +96,12 @@ class LoadedModel:
     @property
     def is_idle(self) -> bool:
         return self.num_active == 0
+
+    @property
+    def num_slots(self) -> int:
+        """Requests it decodes at once: num_parallel, or what the engine can batch when that is fewer (an ONNX
+        model batches up to GenAI's configured batch size, or one at a time): the queue's capacity counts these."""
+        return getattr(self.engine, "num_slots", self.config.num_parallel)
 
 
 def _model_key(name: ModelName) -> str:
@@ -307,7 +314,7 @@ class Runtime:
                 expires_at=expires, details=model.details, format=model.format,
                 device=model.device.device if model.device else "cpu",
                 device_reason=model.device.reason if model.device else "",
-                concurrency=getattr(model.engine, "concurrency", "batch")))
+                concurrency=getattr(model.engine, "concurrency", "batch"), num_parallel=model.num_slots))
         return result
 
     def loaded_engine(self, model: str) -> ModelEngine | None:
@@ -326,7 +333,7 @@ class Runtime:
     @property
     def num_waiting(self) -> int:
         """Requests beyond the loaded models' decoding slots: the queue LOKAL_MAX_QUEUE bounds."""
-        capacity = sum(m.config.num_parallel for m in list(self._loaded.values()))
+        capacity = sum(m.num_slots for m in list(self._loaded.values()))
         return max(0, self._num_in_flight - capacity)
 
     async def close(self) -> None:
@@ -348,7 +355,7 @@ class Runtime:
         are waiting; more than LOKAL_MAX_QUEUE of those fail fast instead of piling up."""
         if self._closed:
             raise ServerBusy("server is shutting down")
-        capacity = sum(m.config.num_parallel for m in self._loaded.values())
+        capacity = sum(m.num_slots for m in self._loaded.values())
         if self._num_in_flight - capacity >= self.settings.max_queue:
             log.warning("refused a request with 503: %d waiting, LOKAL_MAX_QUEUE=%d",
                         self._num_in_flight - capacity, self.settings.max_queue)

@@ -81,6 +81,10 @@ def bench(
     config.validate()  # before a model is loaded
     if plot and config.scenario == "multi-turn":
         raise BadRequest("--plot draws the concurrency levels; use --scenario load or both")
+    if plot:
+        from lokal.bench_report import check_plot_dependency
+
+        check_plot_dependency()  # before minutes of measuring
     if in_process:
         from lokal.engine import set_llama_logging
 

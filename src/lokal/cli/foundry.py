@@ -86,47 +86,74 @@ def models_info(name: str = typer.Argument(..., help="Model name.")) -> None:
 
 @models_app.command("test")
 def models_test(name: str = typer.Argument(..., help="Model to test."),
-                benchmark: bool = typer.Option(False, "--benchmark", help="Measure TTFT and tokens/s at 1, 2 "
-                                                                          "and 4 concurrent requests."),
-                plot: Optional[str] = typer.Option(None, "--plot", help="With --benchmark: write a PNG plot."),
-                prompt: str = typer.Option("Count from 1 to 10.", "--prompt", help="Prompt for the smoke test.")
-                ) -> None:
-    """Load the model, answer one prompt and report timings, memory and speed (--benchmark: a load test)."""
-    from lokal.hardware import process_rss
-    from lokal.llm import LLM
+                benchmark: bool = typer.Option(False, "--benchmark", help="Then measure TTFT and tokens/s at "
+                                                                          "several concurrency levels."),
+                plot: Optional[str] = typer.Option(None, "--plot", help="With --benchmark: write a PNG plot "
+                                                                        "(tok/s, TTFT, memory) to this file."),
+                prompt: str = typer.Option("Count from 1 to 10.", "--prompt", help="Prompt for the smoke test."),
+                concurrency: str = typer.Option("1,2,4", "--concurrency", "-c",
+                                                help="With --benchmark: concurrency levels, comma separated."),
+                requests: int = typer.Option(8, "--requests", "-n", help="With --benchmark: requests per level."),
+                max_tokens: int = typer.Option(64, "--max-tokens", help="Tokens per answer."),
+                as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
+    """Load the model, answer one prompt and report load time, TTFT, tok/s and memory (--benchmark: then a
+    load test on the same loaded model, with a PNG plot via --plot or a text chart in the terminal)."""
+    from rich.console import Console
 
-    settings = Settings()
-    started = time.perf_counter()
-    with LLM(name, settings=settings, temperature=0) as llm:
-        result = llm.generate(prompt, options={"num_predict": 64})
-        elapsed = time.perf_counter() - started
-        done = result.done
-        print(result.text.strip())
-        rss = process_rss()
-        print(f"\nload {done.load_duration / 1e9:.2f} s, prompt {done.prompt_eval_count} tokens at "
-              f"{done.prompt_tokens_per_second:.1f} tok/s, {done.eval_count} tokens at "
-              f"{done.eval_tokens_per_second:.1f} tok/s, {elapsed:.2f} s in all"
-              + (f", process memory {rss / 1e6:.0f} MB" if rss else ""))
+    from lokal.bench import BenchConfig
+    from lokal.bench_report import check_plot_dependency, render, text_chart
+    from lokal.bench_report import plot as write_plot
+    from lokal.cli.bench import parse_levels
+    from lokal.errors import BadRequest
+    from lokal.model_check import check_model
+
+    if plot and not benchmark:
+        raise BadRequest("--plot draws the benchmark: add --benchmark")
+    if plot:
+        check_plot_dependency()  # before minutes of measuring
+    bench = None
     if benchmark:
-        from lokal.cli.bench import bench
+        bench = BenchConfig(model=name, concurrency=parse_levels(concurrency), num_requests=requests,
+                            max_tokens=max_tokens, prompt_tokens=32, ignore_eos=True, is_streaming=True)
+    settings = Settings()
+    status = Console(stderr=True)
+    report = check_model(name, settings, prompt, num_predict=max_tokens, bench=bench,
+                         progress=lambda message: status.print(f"[dim]{message}[/dim]"))
+    memory = report.memory
+    memory_bars = None if memory is None else {"before load": memory.before_load, "idle": memory.idle,
+                                               "peak": memory.peak}
+    if plot and report.benchmark is not None:
+        status.print(f"plot written to {write_plot(report.benchmark, plot, memory_bars)}")
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    smoke = report.smoke
+    print(smoke.text.strip())
+    first = f"first token {smoke.first_token_ms:.0f} ms, " if smoke.first_token_ms is not None else ""
+    print(f"\nload {smoke.load_seconds:.2f} s, {first}prompt {smoke.num_prompt_tokens} tokens at "
+          f"{smoke.prompt_tokens_per_second:.1f} tok/s, {smoke.num_tokens} tokens at "
+          f"{smoke.tokens_per_second:.1f} tok/s")
+    if memory is not None:
+        print(f"memory: the model takes {memory.model_idle / 1e6:.0f} MB idle, {memory.model_peak / 1e6:.0f} MB "
+              f"at peak (process {memory.before_load / 1e6:.0f} MB before loading, {memory.idle / 1e6:.0f} MB "
+              f"idle, {memory.peak / 1e6:.0f} MB peak)")
+    if report.benchmark is not None:
+        render(report.benchmark, Console())
+        if not plot:
+            print(text_chart(report.benchmark, memory_bars))
 
-        bench(model=name, url=None, in_process=True, concurrency="1,2,4", requests=8, prompt_tokens=32,
-              max_tokens=64, ignore_eos=True, ignore_eos_as="auto", stream=True, api="completions",
-              scenario="load", turns=8, turn_tokens=200, answer_tokens=48, extra_body="", api_key=None,
-              timeout=600.0, as_json=False, plot=plot)
 
-
-def resolve_for_device(name: str, device: str | None) -> str:
+def resolve_for_device(name: str, device: str | None, settings: Settings | None = None) -> str:
     """The catalog variant of ``name`` for ``device`` (or this machine's first usable device of
-    LOKAL_DEVICE); names outside the catalog pass through."""
-    from lokal.hardware import choose_device, detect
+    LOKAL_DEVICE, with LOKAL_QUANTIZATION); names outside the catalog pass through."""
+    from lokal.hardware import detect
     from lokal.store.catalog import Catalog
 
     catalog = Catalog.packaged()
     variant = catalog.resolve(name)
     if variant is None:
         return name
-    settings = Settings()
+    settings = settings or Settings()
     order = [device.lower()] if device else list(settings.device)
     chosen = catalog.variant_for(name, detect(), order, settings.quantization)
     print(f"{chosen.variant.name}: {chosen.reason}", file=sys.stderr)
@@ -359,7 +386,8 @@ def init(config: Path = typer.Option(Path("lokal.json"), "--config", help="Where
 def deploy(config: Path = typer.Option(..., "--config", help="Deployment config (JSON or YAML)."),
            dry_run: bool = typer.Option(False, "--dry-run", help="Validate and show the plan; change nothing."),
            port: Optional[int] = typer.Option(None, "--port", help="Overrides deployment.api.port.")) -> None:
-    """Validate a deployment config, pull or convert its model, and serve with its settings."""
+    """Validate a deployment config, pull or convert its model, and serve with its settings (the model loaded
+    at start)."""
     from lokal.deploy_config import load
     from lokal.store.sources import pull
     from lokal.store.store import Store
@@ -370,7 +398,8 @@ def deploy(config: Path = typer.Option(..., "--config", help="Deployment config 
         overrides["host"] = f"{Settings(overrides={'config': str(config)}).host[0]}:{port}"
     settings = Settings(overrides=overrides)
     model = plan.deployment.model
-    target = resolve_for_device(model, None) if model else None
+    # The file's hardware preference and quantization choose the variant, as they do at load.
+    target = resolve_for_device(model, None, settings) if model else None
     print(f"deployment config {config} is valid")
     for name, value, source, _ in settings.rows():
         if source in ("file", "flag") and name != "LOKAL_CONFIG":
@@ -384,10 +413,22 @@ def deploy(config: Path = typer.Option(..., "--config", help="Deployment config 
         if not store.exists(target):
             from lokal.cli.render import show_pull
 
+            print(f"pulling {target}" + (" (converting it here)" if _is_converted(target) else ""),
+                  file=sys.stderr, flush=True)
             show_pull(pull(store, target, settings))
+        if not settings.preload:  # LOKAL_PRELOAD from the environment or a flag wins
+            settings = Settings(overrides={**overrides, "preload": target})
     from lokal.server.serve import serve as run_server
 
     run_server(settings)
+
+
+def _is_converted(name: str) -> bool:
+    """Whether the catalog makes this variant here with `lokal convert` rather than downloading it."""
+    from lokal.store.catalog import Catalog
+
+    variant = Catalog.packaged().resolve(name)
+    return variant is not None and any(source.kind == "convert" for source in variant.sources)
 
 
 def register(app: typer.Typer) -> None:

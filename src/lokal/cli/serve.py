@@ -52,7 +52,8 @@ def ps() -> None:
         running = client.ps()["models"]
     rows = [[m["name"], m["digest"].removeprefix("sha256:")[:12], human_bytes(m["size"]),
              processor(m["size"], m["size_vram"]), str(m.get("context_length", "")),
-             f'{m.get("format", "gguf")}/{m.get("device", "cpu")}/{m.get("concurrency", "batch")}',
+             f'{m.get("format", "gguf")}/{m.get("device", "cpu")}/{m.get("concurrency", "batch")}'
+             f'×{m.get("num_parallel", 1)}',
              until(m.get("expires_at"))]
             for m in running]
     print(format_table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "ENGINE", "UNTIL"], rows), end="")

@@ -130,7 +130,7 @@ async def service_status(request: Request) -> dict[str, Any]:
 async def service_loaded(request: Request) -> list[dict[str, Any]]:
     """Loaded models with where and how they run."""
     return [{"name": model.name, "format": model.format, "device": model.device, "reason": model.device_reason,
-             "concurrency": model.concurrency, "contextLength": model.context_length, "size": model.size}
+             "concurrency": model.concurrency, "parallelRequests": model.num_parallel, "contextLength": model.context_length, "size": model.size}
             for model in runtime_of(request).running()]
 
 

@@ -171,6 +171,7 @@ async def root() -> str:
 
 
 @router.get("/api/version", response_model=wire.VersionResponse, tags=["service"])
+@router.head("/api/version", include_in_schema=False)  # Ollama answers HEAD here and on /api/tags: clients probe
 async def version() -> Response:
     return JSONResponse({"version": __version__})
 
@@ -242,11 +243,12 @@ async def running_models(request: Request) -> Response:
                        "expires_at": (model.expires_at or FOREVER).isoformat(),
                        "size_vram": model.size_vram, "context_length": model.context_length,
                        "format": model.format, "device": model.device, "device_reason": model.device_reason,
-                       "concurrency": model.concurrency})
+                       "concurrency": model.concurrency, "num_parallel": model.num_parallel})
     return JSONResponse({"models": models})
 
 
 @router.get("/api/tags", response_model=wire.ListResponse, tags=["ollama"])
+@router.head("/api/tags", include_in_schema=False)
 async def list_models(request: Request) -> Response:
     return JSONResponse({"models": await anyio.to_thread.run_sync(_list_models, runtime_of(request).store)})
 

@@ -320,6 +320,8 @@ class RunningModel(BaseModel):
     """lokal: why that device (preferred, or which ones were skipped and why)."""
     concurrency: str = "batch"
     """lokal: batch (continuous batching over num_parallel slots) or queue (one request at a time)."""
+    num_parallel: int = 1
+    """lokal: requests the model decodes at once (1 for a queue); more wait in LOKAL_MAX_QUEUE's queue."""
 
 
 class ProcessResponse(BaseModel):

@@ -4,7 +4,8 @@
   ``{"error"}``, OpenAI's error object on /v1, Anthropic's on /v1/messages.
 - Every status a route can answer is listed: 400 for a bad body or parameter, 413 for an oversized body,
   404 where a model or a stored object is named, and for routes that load a model 499 (client gone),
-  503 (queue full or shutting down), 507 (not enough memory) and 500 (the model failed to load).
+  503 (queue full or shutting down), 507 (not enough memory) and 500 (the model failed to load); pulls
+  add 502 (the registry could not be reached or sent bad data).
 - Streaming routes declare their media types (NDJSON, SSE) beside JSON.
 - ``options`` lists the Ollama options lokal accepts, with the bounds it enforces, instead of "any object".
 """
@@ -37,6 +38,7 @@ STATUS_TEXT = {400: "Invalid request", 401: "An API key is required (LOKAL_AUTH)
                403: "The key's role or model list does not allow this", 404: "Model or object not found", 413: "Request body too large",
                499: "Client closed the connection", 500: "The model failed to load",
                429: "The key's rate limit is reached (see Retry-After)",
+               502: "The registry could not be reached or sent bad data (a partial download is kept)",
                503: "Busy (queue full) or shutting down", 507: "Not enough memory to load the model"}
 # ModelName's grammar (store/names.py): [host/][namespace/]model[:tag][@sha256:<hex>], no part with '..'.
 _PART = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}"
@@ -89,6 +91,8 @@ def statuses(path: str, method: str, operation: dict[str, Any]) -> list[int]:
         found += [499, 500, 503, 507]
     if path in ("/api/pull", "/openai/download", "/api/create"):
         found += [499, 507]
+    if path in ("/api/pull", "/openai/download"):
+        found.append(502)
     return sorted(set(found))
 
 
