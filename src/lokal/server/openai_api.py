@@ -226,7 +226,8 @@ class CompletionRenderer:
         return converted
 
     def _logprobs(self, logprobs: list[internal.Logprob] | None) -> dict[str, Any] | None:
-        """A choice's ``logprobs``: null unless asked; chat reports the content's tokens, as OpenAI does."""
+        """A choice's ``logprobs``: null unless asked, else those of the tokens behind this text (for a model
+        that thinks, the reasoning's tokens are among them: the split into reasoning and content is by text)."""
         if not self.wants_logprobs or (logprobs is None and self.completion_logprobs is None):
             return None
         if self.completion_logprobs is not None:
