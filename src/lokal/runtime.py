@@ -175,9 +175,13 @@ class Runtime:
         output_format = forced or request.format
         sink = AsyncSink(asyncio.get_running_loop())
         if model.format == "onnx":  # GenAI constrains output with its own guidance, from the schema itself
+            if request.logprobs is not None:
+                raise UnsupportedCapability("logprobs are available for GGUF models only (ONNX Runtime GenAI "
+                                            "does not expose the logits it samples from)")
             handle = model.engine.submit(prompt.tokens, sampling, format=output_format, sink=sink)
         else:
-            handle = model.engine.submit(prompt.tokens, sampling, grammar=grammar_for(output_format), sink=sink)
+            handle = model.engine.submit(prompt.tokens, sampling, grammar=grammar_for(output_format), sink=sink,
+                                         logprobs=request.logprobs)
         try:
             events: AsyncIterator[Event] = sink
             splitter = output_splitter(request, model.template, prompt.text, forced is not None)

@@ -285,10 +285,11 @@ class OnnxEngine:
                 pending = []
         tail = detok.flush() if not detok.is_stopped else ""
         events: list[Event] = [Token(tail, pending)] if tail else []
-        events.append(Done(reason=reason, prompt_eval_count=len(request.tokens), prompt_eval_duration=prompt_ns,
+        events.append(Done(reason=reason, prompt_count=len(request.tokens), prompt_eval_count=len(request.tokens),
+                           prompt_eval_duration=prompt_ns,
                            eval_count=len(generated), eval_duration=time.perf_counter_ns() - eval_started,
                            total_duration=time.perf_counter_ns() - request.submitted_ns,
-                           context=request.tokens + generated))
+                           context=request.tokens + generated, stop_sequence=detok.matched_stop))
         _push(request, events)
 
     # ---- the engine thread, batched --------------------------------------------------------------------
@@ -399,11 +400,11 @@ class OnnxEngine:
         events: list[Event] = [Token(text, running.pending)] if text else []
         now = time.perf_counter_ns()
         first = running.first_token_ns or now
-        events.append(Done(reason=reason, prompt_eval_count=len(request.tokens),
+        events.append(Done(reason=reason, prompt_count=len(request.tokens), prompt_eval_count=len(request.tokens),
                            prompt_eval_duration=first - running.started_ns,
                            eval_count=len(running.generated), eval_duration=now - first,
                            total_duration=now - request.submitted_ns,
-                           context=request.tokens + running.generated))
+                           context=request.tokens + running.generated, stop_sequence=running.detok.matched_stop))
         batcher.end(running, None)  # first, so whoever reads the answer sees the slot free
         _push(request, events)
 
