@@ -138,7 +138,7 @@ class Reference:
     """Greedy answers from llama-cpp-python's high-level API: its own tokenizing, its own Jinja chat
     formatter, its own sampling loop; nothing of lokal's."""
 
-    def __init__(self, model_path: str, lora_path: str | None = None):
+    def __init__(self, model_path: str, lora_path: str | None = None, logits_all: bool = False):
         import llama_cpp
         import llama_cpp.llama_cpp as low_level
 
@@ -155,7 +155,7 @@ class Reference:
         low_level.llama_model_default_params = safe_default_params
         try:
             self.llama = llama_cpp.Llama(model_path=model_path, lora_path=lora_path, n_ctx=1024, n_threads=2,
-                                         verbose=False)
+                                         logits_all=logits_all, verbose=False)  # logits_all: for logprobs
         finally:
             low_level.llama_model_default_params = default_params
 

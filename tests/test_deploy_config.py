@@ -280,7 +280,7 @@ def test_deploy_pulls_the_missing_model_and_serves_with_the_files_settings(tmp_p
 
 def test_deploy_picks_the_onnx_variant_the_file_asks_for(onnx_store, tmp_path):
     """quantization int4 on the CPU picks the catalog's ONNX variant of smollm2 (converted by the session's
-    fixture through the same pull deploy calls); it is served beside /v1 with one decoding slot."""
+    fixture through the same pull deploy calls); it is served beside /v1, batching parallel_requests 3."""
     from server_fixture import free_port
 
     data = with_fields(deployment__api={"port": free_port(), "openai_compatible": True},
@@ -292,7 +292,7 @@ def test_deploy_picks_the_onnx_variant_the_file_asks_for(onnx_store, tmp_path):
     try:
         [model] = httpx.get(url + "/api/ps").json()["models"]
         assert (model["name"], model["format"], model["device"]) == ("smollm2:135m-onnx-int4-cpu", "onnx", "cpu")
-        assert (model["num_parallel"], model["concurrency"]) == (1, "queue")  # parallel_requests 3 cannot apply
+        assert (model["num_parallel"], model["concurrency"]) == (3, "batch")  # parallel_requests
         assert httpx.get(url + "/v1/models").status_code == 200
     finally:
         _stop(process, log_path)

@@ -38,13 +38,14 @@ def test_a_stop_string_spanning_tokens_is_cut_with_everything_after_it():
     out = run(detok, len(chunks))
     assert out == ["Hello", " ", "", "", ""]  # "wor" and "world" could still be the stop: held back
     assert detok.is_stopped and detok.flush() == ""
+    assert detok.matched_stop == "world!"
 
 
 def test_text_that_only_looked_like_a_stop_is_released_once_it_cannot_be_one():
     chunks = [b"the wor", b"m turns"]
     detok = Detokenizer(pieces_from(chunks), stop=["world"])
     assert run(detok, 2) == ["the ", "worm turns"]
-    assert not detok.is_stopped
+    assert not detok.is_stopped and detok.matched_stop is None
 
 
 def test_held_text_is_released_at_the_end():
@@ -56,6 +57,7 @@ def test_held_text_is_released_at_the_end():
 def test_the_earliest_of_several_stop_strings_wins():
     detok = Detokenizer(pieces_from([b"a<end>b</s>c"]), stop=["</s>", "<end>"])
     assert run(detok, 1) == ["a"]
+    assert detok.matched_stop == "<end>"
 
 
 def test_a_stop_inside_a_multibyte_character_sequence():

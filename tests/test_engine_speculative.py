@@ -93,3 +93,19 @@ def test_num_predict_and_stop_strings_hold_with_guessing(speculative):
     whole, _ = run(speculative, tokens, SamplingOptions(temperature=0, num_predict=48))
     assert "lazy" in speculative.detokenize(whole)
     assert "lazy" not in text and speculative.detokenize(whole).startswith(text)
+
+
+def test_requests_for_logprobs_decode_one_token_per_step(speculative):
+    # A guessed position's logits come from the batched kernels; one-token steps give the exact values.
+    tokens = speculative.tokenize(COPY_PROMPT)
+    whole, _ = run(speculative, tokens, SamplingOptions(temperature=0, num_predict=24))
+    before = speculative.num_draft_accepted
+    sink = SyncSink()
+    speculative.submit(tokens, SamplingOptions(temperature=0, num_predict=24), sink=sink, logprobs=1)
+    pairs = [(token_id, entry) for event in sink if isinstance(event, Token)
+             for token_id, entry in zip(event.ids, event.logprobs, strict=True)]
+    assert speculative.num_draft_accepted == before
+    assert [token_id for token_id, _ in pairs] == whole
+    for token_id, entry in pairs:
+        assert entry.piece == speculative.token_piece(token_id, special=True)
+        assert entry.top_logprobs[0].logprob == entry.logprob <= 0

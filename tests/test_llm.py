@@ -30,6 +30,17 @@ def test_generate_returns_text_and_ollama_stats(llm):
     assert done.total_duration >= done.eval_duration
 
 
+def test_logprobs_come_with_the_tokens_when_asked(llm):
+    response = llm.generate("1, 2, 3, 4, 5, 6,", raw=True, options={"num_predict": 4}, logprobs=2)
+    assert len(response.logprobs) == response.done.eval_count == 4
+    assert "".join(entry.token for entry in response.logprobs) == response.text
+    for entry in response.logprobs:
+        assert [top.logprob for top in entry.top_logprobs] == sorted((top.logprob for top in entry.top_logprobs),
+                                                                     reverse=True)
+        assert entry.top_logprobs[0].piece == entry.piece and entry.logprob <= 0
+    assert llm.generate("1, 2,", raw=True, options={"num_predict": 1}).logprobs is None
+
+
 def test_streaming_equals_the_whole_answer(llm):
     # Warm the prefix cache first: a reused prefix recomputes only the last prompt token, and a one-token
     # batch may round differently from a full prefill, which can flip a close greedy choice. Both compared

@@ -137,43 +137,107 @@ def test_show_command_names_format_and_provider(onnx_store, monkeypatch):
     assert "onnx" in shown.output and "execution provider" in shown.output and "int4" in shown.output
 
 
-def test_runtime_counts_one_slot_for_an_onnx_model(onnx_store):
-    """The ONNX engine decodes one request at a time, so with LOKAL_NUM_PARALLEL=4 and LOKAL_MAX_QUEUE=1 a
-    second request already waits and a third is refused with ServerBusy (503); `ps` says 1."""
+def test_runtime_counts_the_onnx_models_real_slots(onnx_store):
+    """LOKAL_NUM_PARALLEL=8, but GenAI's engine batches at most its configured batch size (read here from
+    GenAI itself): that many run, one more waits (LOKAL_MAX_QUEUE=1), the next is refused with ServerBusy (503),
+    and `ps` says how many run at once."""
     import asyncio
+
+    import onnxruntime_genai as og
 
     from lokal.config import Settings
     from lokal.errors import ServerBusy
     from lokal.runtime import Runtime
     from lokal.types import GenerateRequest
 
+    stored = Store(onnx_store).open(ONNX_NAME)
+    capacity = og.Engine(og.Model(str(stored.path))).get_capabilities().configured_max_batch_size
+    assert 1 < capacity < 8
+
     def request(num_predict: int) -> GenerateRequest:
         return GenerateRequest(model=ONNX_NAME, prompt="Once upon a time", raw=True,
                                options={"temperature": 0, "num_predict": num_predict, "ignore_eos": True})
 
     async def scenario():
-        runtime = Runtime(Settings(environ={"LOKAL_MODELS": str(onnx_store), "LOKAL_NUM_PARALLEL": "4",
+        runtime = Runtime(Settings(environ={"LOKAL_MODELS": str(onnx_store), "LOKAL_NUM_PARALLEL": "8",
                                             "LOKAL_MAX_QUEUE": "1", "LOKAL_CONTEXT_LENGTH": "1024"}))
-        first = runtime.generate(request(900))  # long enough to still run while the others arrive
+        tasks = []
         try:
-            assert isinstance(await anext(first), Token)  # running: it holds the one slot
-            second = asyncio.create_task(_drain(runtime.generate(request(1))))
-            while runtime.num_in_flight < 2:
-                await asyncio.sleep(0.01)
-            assert runtime.num_waiting == 1
+            assert (await _drain(runtime.generate(request(1)))).eval_count == 1  # loaded
             [running] = runtime.running()
-            assert (running.num_parallel, running.concurrency) == (1, "queue")
-            assert runtime.loaded_engine(ONNX_NAME).config.num_parallel == 1
+            assert (running.num_parallel, running.concurrency) == (capacity, "batch")
+            # long enough to still run while the others arrive; cancelled below
+            tasks = [asyncio.create_task(_drain(runtime.generate(request(900)))) for _ in range(capacity + 1)]
+            engine = runtime.loaded_engine(ONNX_NAME)
+            while engine.stats().num_busy < capacity or runtime.num_in_flight < capacity + 1:
+                await asyncio.sleep(0.01)
+            assert runtime.num_waiting == 1 and engine.stats().num_waiting == 1
             with pytest.raises(ServerBusy, match="LOKAL_MAX_QUEUE"):
                 await anext(runtime.generate(request(1)))
-            await first.aclose()  # cancels the long request: the waiting one runs next
-            done = await asyncio.wait_for(second, 120)
-            assert done.eval_count == 1
         finally:
-            await first.aclose()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await runtime.close()
 
     asyncio.run(scenario())
+
+
+@pytest.fixture(scope="module")
+def batched(onnx_store):
+    from lokal.engine.engine import EngineConfig
+    from lokal.engine.onnx import OnnxEngine
+
+    stored = Store(onnx_store).open(ONNX_NAME)
+    with OnnxEngine(stored.path, EngineConfig(num_ctx=512, num_parallel=4)) as engine:
+        assert engine.concurrency == "batch" and engine.num_slots > 1
+        yield engine
+
+
+PROMPTS = ["1, 2, 3, 4, 5, 6,", "A, B, C, D, E, F,", "Once upon a time", "The capital of France is"]
+
+
+def test_batched_streams_match_one_at_a_time(batched, engine):
+    """Four requests decoded together by GenAI's Engine give, token for token, what the Generator path gives
+    each alone (two separate GenAI implementations), including a stop string."""
+    sinks = [SyncSink() for _ in PROMPTS]
+    for prompt, sink in zip(PROMPTS, sinks):
+        batched.submit(batched.tokenize(prompt), SamplingOptions(temperature=0, num_predict=12, stop=[" 9"]),
+                       sink=sink)
+    together = [list(sink) for sink in sinks]
+    for prompt, events in zip(PROMPTS, together):
+        alone, done_alone = run(engine, engine.tokenize(prompt), num_predict=12, stop=[" 9"])
+        text = "".join(e.text for e in events if isinstance(e, Token))
+        done = events[-1]
+        assert isinstance(done, Done) and (text, done.reason, done.eval_count) == (alone, done_alone.reason,
+                                                                                   done_alone.eval_count)
+    assert together[0][-1].reason == "stop" and "".join(e.text for e in together[0][:-1]) == " 7, 8,"
+
+
+def test_batched_cancel_leaves_the_others_running(batched):
+    long_sink, short_sink = SyncSink(), SyncSink()
+    handle = batched.submit(batched.tokenize("Once upon a time"),
+                            SamplingOptions(temperature=0, num_predict=400, ignore_eos=True), sink=long_sink)
+    batched.submit(batched.tokenize("1, 2, 3, 4, 5, 6,"), SamplingOptions(temperature=0, num_predict=4),
+                   sink=short_sink)
+    handle.cancel()
+    with pytest.raises(Cancelled):
+        list(long_sink)
+    events = list(short_sink)
+    assert "".join(e.text for e in events if isinstance(e, Token)).startswith(" 7") and events[-1].eval_count == 4
+    assert batched.stats().num_busy == 0
+
+
+def test_batched_json_schema_guidance(batched):
+    prompt = "<|im_start|>user\nDescribe a cat as JSON<|im_end|>\n<|im_start|>assistant\n"
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 16}}, "required": ["name"],
+              "additionalProperties": False}
+    sink = SyncSink()
+    batched.submit(batched.tokenize(prompt), SamplingOptions(temperature=0, num_predict=200), format=schema,
+                   sink=sink)
+    events = list(sink)
+    text = "".join(e.text for e in events if isinstance(e, Token))
+    assert len(json.loads(text)["name"]) <= 16 and events[-1].reason == "stop"
 
 
 async def _drain(events) -> Done:

@@ -77,6 +77,10 @@ def test_document_lists_errors_and_stream_types(live_server):
     chat = document["paths"]["/api/chat"]["post"]["responses"]
     assert {"400", "401", "403", "404", "413", "429", "499", "503"} <= set(chat) and "422" not in chat
     assert "401" not in document["paths"]["/api/health"]["get"]["responses"]  # liveness never needs a key
+    pull = document["paths"]["/api/pull"]["post"]["responses"]
+    assert "502" in pull  # SERVER_ENV's registry is unreachable: the answer is a 502, as documented
+    answer = httpx.post(live_server.url + "/api/pull", json={"model": "nothing-here", "stream": False}, timeout=60)
+    assert answer.status_code == 502 and "error" in answer.json()
     assert "application/x-ndjson" in chat["200"]["content"]
     completions = document["paths"]["/v1/chat/completions"]["post"]["responses"]
     assert "text/event-stream" in completions["200"]["content"]

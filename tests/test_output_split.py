@@ -11,7 +11,7 @@ from lokal.errors import BadRequest
 from lokal.output import OutputSplitter, ThinkSplitter
 from lokal.templates import ChatTemplate
 from lokal.tool_calls import ToolCallParser, forced_call_schema
-from lokal.types import Token
+from lokal.types import Logprob, Token
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Current weather",
                                             "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -115,6 +115,21 @@ def test_output_splitter_combines_thinking_and_calls():
     assert "".join(t.thinking for t in tokens) == "need weather"
     assert "".join(t.text for t in tokens) == ""
     assert [call for t in tokens for call in t.tool_calls or ()] == [CALL]
+
+
+def test_logprobs_of_held_back_markup_come_out_with_the_next_piece_and_none_are_lost():
+    splitter = OutputSplitter(ThinkSplitter())
+    pieces = ["<th", "ink>", "hm", "</think>", " Yes", "."]
+    logprobs = [Logprob(token=piece, logprob=-float(i), piece=piece.encode()) for i, piece in enumerate(pieces)]
+    tokens = [splitter.feed(Token(text=piece, ids=[i], logprobs=[logprob]))
+              for i, (piece, logprob) in enumerate(zip(pieces, logprobs))] + [splitter.finish()]
+    shown = [t for t in tokens if t.text or t.thinking]
+    # "<th" and "ink>" show nothing (they might be, then are, the opening tag): theirs wait for "hm".
+    assert [(t.thinking, t.text, [lp.token for lp in t.logprobs], t.ids) for t in shown] == [
+        ("hm", "", ["<th", "ink>", "hm"], [0, 1, 2]), ("", "Yes", ["</think>", " Yes"], [3, 4]),
+        ("", ".", ["."], [5])]
+    plain = OutputSplitter(ThinkSplitter())
+    assert plain.feed(Token(text="no logprobs", ids=[1])).logprobs is None
 
 
 # ---- templates --------------------------------------------------------------------------------------------

@@ -45,6 +45,22 @@ def test_stream_events(client, reference):
     assert final.stop_reason == "max_tokens"
 
 
+def test_a_stop_sequence_that_ends_the_answer_is_named(client, reference):
+    expected = reference.complete(PROMPT)
+    assert "3" in expected, expected  # the greedy count reaches 3 within NUM_PREDICT tokens
+    request = {"model": MODEL, "max_tokens": NUM_PREDICT, "extra_body": GREEDY, "system": SYSTEM,
+               "messages": [{"role": "user", "content": "Count from 1 to 10."}]}
+    message = client.messages.create(**request, stop_sequences=["never said", "3"])
+    assert message.stop_reason == "stop_sequence" and message.stop_sequence == "3"
+    assert message.content[0].text == expected[:expected.index("3")]
+    with client.messages.stream(**request, stop_sequences=["3"]) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "stop_sequence" and final.stop_sequence == "3"
+    assert final.content[0].text == expected[:expected.index("3")]
+    unmatched = client.messages.create(**request, stop_sequences=["never said"])
+    assert unmatched.stop_reason == "max_tokens" and unmatched.stop_sequence is None
+
+
 def test_tool_use_round_trip(client):
     message = client.messages.create(model=MODEL, max_tokens=60, extra_body=GREEDY, tools=[WEATHER],
                                      tool_choice={"type": "tool", "name": "get_weather"},

@@ -210,6 +210,13 @@ def test_version(client):
     assert client._client.get("/api/version").json() == {"version": __version__}
 
 
+def test_head_probes_answer_as_ollama_does(client):
+    """Clients and proxies probe liveness with HEAD on /, /api/version and /api/tags (Ollama routes all three)."""
+    for path in ("/", "/api/version", "/api/tags"):
+        answer = client._client.head(path)
+        assert answer.status_code == 200 and answer.content == b"", path
+
+
 def _cosine(a: list[float], b: list[float]) -> float:
     dot = sum(x * y for x, y in zip(a, b))
     return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))

@@ -45,10 +45,10 @@ def test_ps_shows_format_device_and_concurrency(server):
     generate(server, GGUF, "Hi", 1)
     generate(server, ONNX, "Hi", 1)
     models = {m["name"]: m for m in httpx.get(server.url + "/api/ps").json()["models"]}
-    assert (models[ONNX]["format"], models[ONNX]["device"], models[ONNX]["concurrency"]) == ("onnx", "cpu", "queue")
+    # LOKAL_NUM_PARALLEL=2 here: both decode 2 at once, the ONNX one through GenAI's batching Engine.
+    assert (models[ONNX]["format"], models[ONNX]["device"], models[ONNX]["concurrency"]) == ("onnx", "cpu", "batch")
     assert (models["smollm2:latest"]["format"], models["smollm2:latest"]["concurrency"]) == ("gguf", "batch")
-    # LOKAL_NUM_PARALLEL=2 here: the GGUF model decodes 2 at once, the ONNX one 1 (its queue's capacity).
-    assert (models["smollm2:latest"]["num_parallel"], models[ONNX]["num_parallel"]) == (2, 1)
+    assert (models["smollm2:latest"]["num_parallel"], models[ONNX]["num_parallel"]) == (2, 2)
     assert "cpu" in models[ONNX]["device_reason"]
     assert models[ONNX]["details"]["format"] == "onnx"
 
@@ -94,7 +94,7 @@ def test_foundry_service_endpoints(server):
     assert httpx.get(server.url + f"/models/load/{ONNX}", params={"ttl": 60}, timeout=120).json()["loaded"]
     loaded = {m["name"]: m for m in httpx.get(server.url + "/models/loaded").json()}
     assert loaded[ONNX]["format"] == "onnx" and loaded[ONNX]["device"] == "cpu"
-    assert loaded[ONNX]["parallelRequests"] == 1
+    assert loaded[ONNX]["parallelRequests"] == 2
     assert ONNX in httpx.get(server.url + "/status").json()["loadedModels"]
     assert httpx.get(server.url + f"/models/unload/{ONNX}", timeout=60).json() == {"name": ONNX, "loaded": False}
     assert ONNX not in [m["name"] for m in httpx.get(server.url + "/models/loaded").json()]

@@ -139,3 +139,12 @@ def test_errors_are_openai_error_objects(client, live_server):
     assert answer.status_code == 400
     assert answer.json()["error"]["type"] == "invalid_request_error"
     assert "invalid JSON" in answer.json()["error"]["message"]
+
+
+def test_prompt_tokens_count_the_whole_prompt_when_the_answer_ends_with_the_end_token(client, reference):
+    # The end-of-turn token counts in completion_tokens (Ollama's eval_count) but is no part of the prompt.
+    messages = [{"role": "user", "content": "Say hello."}]
+    completion = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=64)
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage.prompt_tokens == prompt_tokens(reference, messages)
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens

@@ -114,14 +114,30 @@ def test_deprecated_name_field_is_accepted_for_model():
     assert create.from_ == "smollm2"
 
 
-def test_think_values_and_refused_logprobs():
+def test_think_values():
     assert ollama_generate(prompt="x", think=True).think is True
     assert ollama_chat(messages=[], think="high").think == "high"
     assert ollama_generate(prompt="x", think=False).prompt == "x"
     with pytest.raises(BadRequest, match="think must be"):
         ollama_generate(prompt="x", think="very")
-    with pytest.raises(BadRequest, match="logprobs"):
-        ollama_chat(messages=[{"role": "user", "content": "x"}], logprobs=True)
+
+
+def test_logprobs_fields_become_the_number_of_alternatives_or_none():
+    user = [{"role": "user", "content": "x"}]
+    assert ollama_chat(messages=user).logprobs is None
+    assert ollama_chat(messages=user, logprobs=True).logprobs == 0
+    assert ollama_generate(prompt="x", logprobs=True, top_logprobs=20).logprobs == 20
+    assert ollama_generate(prompt="x", top_logprobs=3).logprobs is None  # Ollama ignores it without logprobs
+    assert openai_chat(logprobs=True, top_logprobs=2).logprobs == 2
+    assert openai_chat(logprobs=False).logprobs is None
+    completion = openai_wire.CompletionRequest.model_validate({"model": "m", "prompt": "x", "logprobs": 0})
+    assert openai_api.to_completion_request(completion).logprobs == 0
+    for wire_type, fields in ((ollama_wire.ChatRequest, {"messages": user, "logprobs": True, "top_logprobs": 21}),
+                              (openai_wire.ChatCompletionRequest, {"messages": user, "logprobs": True,
+                                                                   "top_logprobs": -1}),
+                              (openai_wire.CompletionRequest, {"prompt": "x", "logprobs": 6})):
+        with pytest.raises(ValidationError):
+            wire_type.model_validate({"model": "m", **fields})
 
 
 def test_final_object_leaves_out_zero_metrics_like_ollama():
@@ -178,7 +194,7 @@ def test_content_parts_developer_role_and_tool_results():
 
 @pytest.mark.parametrize("fields, message", [
     ({"n": 2}, "n > 1"),
-    ({"logprobs": True}, "logprobs"),
+    ({"top_logprobs": 2}, "top_logprobs needs logprobs"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]},
      "data: URL"),
     ({"response_format": {"type": "xml"}}, "response_format"),
@@ -209,7 +225,7 @@ def test_legacy_completion_is_raw_unless_it_fills_in_the_middle():
 def test_sse_stream_ends_with_done_and_carries_usage_when_asked():
     renderer = openai_api.CompletionRenderer("smollm2", chat=True, include_usage=True)
     first = renderer.token(internal.Token(text="Hi", ids=[1]))
-    last = renderer.done(internal.Done(reason="length", prompt_eval_count=4, eval_count=1))
+    last = renderer.done(internal.Done(reason="length", prompt_count=4, prompt_eval_count=4, eval_count=1))
     parts = [part for part in (first + last).split(b"\n\n") if part and part != b"data: [DONE]"]
     events = [json.loads(part[len(b"data: "):]) for part in parts]
     assert (first + last).endswith(b"data: [DONE]\n\n")

@@ -17,7 +17,7 @@ from lokal.config import Settings, parse_duration
 from lokal.errors import BadRequest
 from lokal.runtime import Runtime
 from lokal.store.names import ModelName
-from lokal.types import Done, EmbedRequest, Event, Format, GenerateRequest, Message, Think, Token
+from lokal.types import Done, EmbedRequest, Event, Format, GenerateRequest, Logprob, Message, Think, Token
 
 MessageLike = Union[Message, dict[str, Any]]
 
@@ -30,6 +30,7 @@ class Chunk:
     done: Done | None = None
     thinking: str = ""  # reasoning, for thinking models asked to think
     tool_calls: list[dict[str, Any]] | None = None  # calls completed in this chunk
+    logprobs: list[Logprob] | None = None  # its tokens' log-probabilities, when asked for
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Response:
     done: Done
     thinking: str = ""
     tool_calls: list[dict[str, Any]] | None = None
+    logprobs: list[Logprob] | None = None  # every generated token's, when asked for
 
 
 _END = object()
@@ -69,20 +71,21 @@ class LLM:
     def generate(self, prompt: str, *, stream: bool = False, system: str | None = None,
                  template: str | None = None, suffix: str | None = None, raw: bool = False,
                  format: Format = None, options: dict[str, Any] | None = None, images: list[bytes] | None = None,
-                 context: list[int] | None = None, keep_alive: float | str | None = None
-                 ) -> Response | Iterator[Chunk]:
+                 context: list[int] | None = None, keep_alive: float | str | None = None,
+                 logprobs: int | None = None) -> Response | Iterator[Chunk]:
+        """``logprobs`` n (0-20): each token's log-probability and its n likeliest alternatives."""
         request = GenerateRequest(model=self.model, prompt=prompt, system=system, template=template, suffix=suffix,
                                   raw=raw, format=format, options=self._options(options), images=images,
-                                  context=context, keep_alive=self._keep_alive(keep_alive))
+                                  context=context, keep_alive=self._keep_alive(keep_alive), logprobs=logprobs)
         chunks = self._stream_sync(request)
         return chunks if stream else _collect(chunks)
 
     def chat(self, messages: Iterable[MessageLike], *, stream: bool = False, format: Format = None,
              options: dict[str, Any] | None = None, tools: list[dict[str, Any]] | None = None,
              keep_alive: float | str | None = None, think: Think = None,
-             tool_choice: str | None = None) -> Response | Iterator[Chunk]:
+             tool_choice: str | None = None, logprobs: int | None = None) -> Response | Iterator[Chunk]:
         request = self._chat_request(messages, format, options, tools, keep_alive)
-        request.think, request.tool_choice = think, tool_choice
+        request.think, request.tool_choice, request.logprobs = think, tool_choice, logprobs
         chunks = self._stream_sync(request)
         return chunks if stream else _collect(chunks)
 
@@ -202,20 +205,24 @@ def _to_chunk(event: object) -> Chunk | None:
     if isinstance(event, BaseException):
         raise event
     if isinstance(event, Token):
-        return Chunk(text=event.text, thinking=event.thinking, tool_calls=event.tool_calls)
+        return Chunk(text=event.text, thinking=event.thinking, tool_calls=event.tool_calls, logprobs=event.logprobs)
     assert isinstance(event, Done)
     return Chunk(text="", done=event)
 
 
 def _collect(chunks: Iterator[Chunk]) -> Response:
     parts, thinking, calls, done = [], [], [], None
+    logprobs: list[Logprob] | None = None
     for chunk in chunks:
         parts.append(chunk.text)
         thinking.append(chunk.thinking)
         calls += chunk.tool_calls or []
+        if chunk.logprobs is not None:
+            logprobs = (logprobs or []) + chunk.logprobs
         done = chunk.done or done
     assert done is not None, "a generation always ends with Done"
-    return Response(text="".join(parts), done=done, thinking="".join(thinking), tool_calls=calls or None)
+    return Response(text="".join(parts), done=done, thinking="".join(thinking), tool_calls=calls or None,
+                    logprobs=logprobs)
 
 
 async def _acollect(chunks: AsyncIterator[Chunk]) -> Response:
@@ -236,4 +243,4 @@ def _message(message: MessageLike) -> Message:
                    tool_calls=message.get("tool_calls"), tool_name=message.get("tool_name"))
 
 
-__all__ = ["LLM", "Chunk", "Response", "Event"]
+__all__ = ["LLM", "Chunk", "Response", "Event", "Logprob"]

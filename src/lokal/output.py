@@ -12,7 +12,7 @@ from typing import AsyncIterator
 
 from lokal.templates import ChatTemplate
 from lokal.tool_calls import ToolCallParser, partial_suffix
-from lokal.types import Done, Event, GenerateRequest, Token
+from lokal.types import Done, Event, GenerateRequest, Logprob, Token
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
@@ -69,26 +69,42 @@ class ThinkSplitter:
 
 @dataclass
 class OutputSplitter:
+    """Splits each token's text; log-probabilities of tokens whose text is held back (a marker that may be
+    forming) wait and go out with the next piece of output, as their ids do."""
+
     think: ThinkSplitter | None = None
     tools: ToolCallParser | None = None
     _num_calls: int = field(default=0)
+    _held_ids: list[int] = field(default_factory=list)
+    _held_logprobs: list[Logprob] | None = None
 
     def feed(self, token: Token) -> Token:
+        self._hold(token)
         thinking, content = self.think.feed(token.text) if self.think else ("", token.text)
-        return self._token(token.ids, thinking, self.tools.feed(content) if self.tools else content)
+        return self._token(thinking, self.tools.feed(content) if self.tools else content)
 
     def finish(self) -> Token:
         thinking, content = self.think.finish() if self.think else ("", "")
         if self.tools:
             content = self.tools.feed(content) + self.tools.finish()
-        return self._token([], thinking, content)
+        return self._token(thinking, content)
 
-    def _token(self, ids: list[int], thinking: str, content: str) -> Token:
+    def _hold(self, token: Token) -> None:
+        self._held_ids += token.ids
+        if token.logprobs is not None:
+            self._held_logprobs = (self._held_logprobs or []) + token.logprobs
+
+    def _token(self, thinking: str, content: str) -> Token:
         calls = None
         if self.tools and len(self.tools.calls) > self._num_calls:
             calls = self.tools.calls[self._num_calls:]
             self._num_calls = len(self.tools.calls)
-        return Token(text=content, ids=ids, thinking=thinking, tool_calls=calls)
+        token = Token(text=content, ids=self._held_ids, thinking=thinking, tool_calls=calls,
+                      logprobs=self._held_logprobs)
+        if not is_empty(token):
+            self._held_ids = []
+            self._held_logprobs = [] if self._held_logprobs is not None else None
+        return token
 
 
 def is_empty(token: Token) -> bool:

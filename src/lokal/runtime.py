@@ -98,6 +98,12 @@ class LoadedModel:
     def is_idle(self) -> bool:
         return self.num_active == 0
 
+    @property
+    def num_slots(self) -> int:
+        """Requests it decodes at once: num_parallel, or what the engine can batch when that is fewer (an ONNX
+        model batches up to GenAI's configured batch size, or one at a time): the queue's capacity counts these."""
+        return getattr(self.engine, "num_slots", self.config.num_parallel)
+
 
 def _model_key(name: ModelName) -> str:
     return str(name).lower()
@@ -170,9 +176,13 @@ class Runtime:
         output_format = forced or request.format
         sink = AsyncSink(asyncio.get_running_loop())
         if model.format == "onnx":  # GenAI constrains output with its own guidance, from the schema itself
+            if request.logprobs is not None:
+                raise UnsupportedCapability("logprobs are available for GGUF models only (ONNX Runtime GenAI "
+                                            "does not expose the logits it samples from)")
             handle = model.engine.submit(prompt.tokens, sampling, format=output_format, sink=sink)
         else:
-            handle = model.engine.submit(prompt.tokens, sampling, grammar=grammar_for(output_format), sink=sink)
+            handle = model.engine.submit(prompt.tokens, sampling, grammar=grammar_for(output_format), sink=sink,
+                                         logprobs=request.logprobs)
         try:
             events: AsyncIterator[Event] = sink
             splitter = output_splitter(request, model.template, prompt.text, forced is not None)
@@ -305,7 +315,7 @@ class Runtime:
                 expires_at=expires, details=model.details, format=model.format,
                 device=model.device.device if model.device else "cpu",
                 device_reason=model.device.reason if model.device else "",
-                concurrency=getattr(model.engine, "concurrency", "batch"), num_parallel=model.config.num_parallel))
+                concurrency=getattr(model.engine, "concurrency", "batch"), num_parallel=model.num_slots))
         return result
 
     def loaded_engine(self, model: str) -> ModelEngine | None:
@@ -324,7 +334,7 @@ class Runtime:
     @property
     def num_waiting(self) -> int:
         """Requests beyond the loaded models' decoding slots: the queue LOKAL_MAX_QUEUE bounds."""
-        capacity = sum(m.config.num_parallel for m in list(self._loaded.values()))
+        capacity = sum(m.num_slots for m in list(self._loaded.values()))
         return max(0, self._num_in_flight - capacity)
 
     async def close(self) -> None:
@@ -346,7 +356,7 @@ class Runtime:
         are waiting; more than LOKAL_MAX_QUEUE of those fail fast instead of piling up."""
         if self._closed:
             raise ServerBusy("server is shutting down")
-        capacity = sum(m.config.num_parallel for m in self._loaded.values())
+        capacity = sum(m.num_slots for m in self._loaded.values())
         if self._num_in_flight - capacity >= self.settings.max_queue:
             log.warning("refused a request with 503: %d waiting, LOKAL_MAX_QUEUE=%d",
                         self._num_in_flight - capacity, self.settings.max_queue)
@@ -363,12 +373,9 @@ class Runtime:
         trained = details.context_length or DEFAULT_NUM_CTX
         adapters = tuple((adapter.path, adapter.scale * load.adapter_scale) for adapter in stored.adapters)
         num_ctx = load.num_ctx or self.settings.context_length or min(DEFAULT_NUM_CTX, trained)
-        # The ONNX engine decodes one request at a time (engine/onnx.py): one slot, so the queue's capacity,
-        # its 503s, the KV memory estimate and `ps` count what really runs, not LOKAL_NUM_PARALLEL.
-        num_parallel = 1 if stored.format == "onnx" else load.num_parallel or self.settings.num_parallel
         return EngineConfig(
             num_ctx=num_ctx,
-            num_parallel=num_parallel,
+            num_parallel=load.num_parallel or self.settings.num_parallel,
             num_batch=load.num_batch if load.num_batch != LoadOptions.num_batch else self.settings.num_batch,
             num_thread=load.num_thread or self.settings.num_thread or physical_cores(),
             # LOKAL_DEVICE preferring the CPU over a GPU this build could use keeps the layers on the CPU.

@@ -171,6 +171,8 @@ class GenerateRequest:
     keep_alive: float | None = None  # seconds; None = LOKAL_KEEP_ALIVE
     truncate: bool = True
     think: Think = None
+    # None: no log-probabilities; n: each generated token's, with its n likeliest alternatives (0–20).
+    logprobs: int | None = None
 
 
 @dataclass
@@ -183,6 +185,22 @@ class EmbedRequest:
     keep_alive: float | None = None
 
 
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass(slots=True)
+class Logprob:
+    """A token's log-probability under the model at its position: the log-softmax of the raw logits there,
+    before sampling options reshape them (as Ollama, llama-server's n_probs and OpenAI report). ``piece`` is
+    its exact bytes (part of a UTF-8 character for some tokens; ``token`` then shows U+FFFD), and
+    ``top_logprobs`` the likeliest tokens at that position, most likely first (empty for the alternatives)."""
+
+    token: str
+    logprob: float
+    piece: bytes
+    top_logprobs: list[Logprob] = field(default_factory=list)
+
+
 @dataclass(slots=True)
 class Token:
     """Text decoded in one engine step for one request (one or more tokens, UTF-8 complete). After the
@@ -193,6 +211,7 @@ class Token:
     ids: list[int]
     thinking: str = ""
     tool_calls: list[dict[str, Any]] | None = None
+    logprobs: list[Logprob] | None = None  # one per generated token of ``ids``, when the request asked
 
 
 DoneReason = Literal["stop", "length", "load", "unload"]
@@ -210,8 +229,12 @@ class Done:
     load_duration: int = 0
     total_duration: int = 0
     context: list[int] = field(default_factory=list)  # prompt + generated tokens
+    # The whole prompt's tokens, a reused prefix included (OpenAI's prompt_tokens; prompt_eval_count leaves
+    # the reused prefix out). Not len(context) - eval_count: eval_count counts an end token context has not.
+    prompt_count: int = 0
     knowledge: list[dict[str, Any]] = field(default_factory=list)  # FILE chunks put in the prompt: file, chunk, score
     model: str = ""  # the model that generated, as the store names it (set by the runtime)
+    stop_sequence: str | None = None  # the stop string that ended it (reason "stop"), if one did
 
     @property
     def prompt_tokens_per_second(self) -> float:

@@ -324,10 +324,12 @@ def cache_remove(names: list[str] = typer.Argument(...)) -> None:
 
 def convert(model: str = typer.Argument(..., help="Stored GGUF model, or a Hugging Face safetensors folder."),
             to: str = typer.Option("onnx", "--to", help="Target format (onnx)."),
-            precision: str = typer.Option("int4", "--precision", help="int4, int8, fp16 or fp32."),
+            precision: Optional[str] = typer.Option(None, "--precision", help="int4 (default), int8, fp16 or "
+                                                                              "fp32; embedding models: fp32."),
             provider: str = typer.Option("cpu", "--provider", help="cpu, cuda, dml or webgpu."),
             name: Optional[str] = typer.Option(None, "--name", help="Store the result under this name.")) -> None:
-    """Convert a model to ONNX for ONNX Runtime GenAI (stored as e.g. smollm2:135m-onnx-int4-cpu)."""
+    """Convert a model to ONNX (stored as e.g. smollm2:135m-onnx-int4-cpu): generative models for ONNX Runtime
+    GenAI, sentence-embedding encoders (all-minilm) for ONNX Runtime."""
     from lokal.convert.onnx_export import convert_to_onnx
     from lokal.errors import BadRequest
     from lokal.store.store import Store
@@ -335,8 +337,9 @@ def convert(model: str = typer.Argument(..., help="Stored GGUF model, or a Huggi
     if to.lower() != "onnx":
         raise BadRequest(f"--to {to!r}: only onnx is supported here (GGUF imports use `lokal create`)")
     settings = Settings()
-    for progress in convert_to_onnx(Store(settings.models), model, precision=precision.lower(),
-                                    provider=provider.lower(), target=name):
+    precision = precision.lower() if precision else None
+    for progress in convert_to_onnx(Store(settings.models), model, precision=precision, provider=provider.lower(),
+                                    target=name):
         print(f"[{progress.step}/{progress.total_steps}] {progress.status}", file=sys.stderr, flush=True)
 
 

@@ -67,11 +67,18 @@ def check_installed() -> None:
         raise ConfigError(f"converting to ONNX needs {', '.join(missing)}: pip install 'lokal[convert]'")
 
 
-def convert_to_onnx(store: Store, source: str, *, precision: str = "int4", provider: str = "cpu",
+def convert_to_onnx(store: Store, source: str, *, precision: str | None = None, provider: str = "cpu",
                     target: str | None = None, work_dir: Path | None = None) -> Iterator[ConvertProgress]:
     """Convert ``source`` (a stored GGUF model name, or a folder with config.json + safetensors) and store the
     result as ``target`` (default: the source's tag + ``-onnx-<precision>-<provider>``). Yields progress;
-    the last event's status names the new model."""
+    the last event's status names the new model. Precision defaults to int4; sentence-embedding encoders
+    (convert/onnx_embedding.py) export at fp32 only."""
+    embedding_folder = _embedding_source(store, source)
+    if embedding_folder is not None:
+        yield from _convert_embedding(store, source, embedding_folder, precision or "fp32", provider, target,
+                                      work_dir)
+        return
+    precision = precision or "int4"
     if precision not in PRECISIONS:
         raise BadRequest(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if provider not in PROVIDERS:
@@ -106,6 +113,64 @@ def convert_to_onnx(store: Store, source: str, *, precision: str = "int4", provi
             yield ConvertProgress(line, 2)
         yield ConvertProgress(f"storing {name.display}", 3)
         store_folder(store, name, out, OnnxInfo(family=family, parameter_size=parameter_size, precision=precision,
+                                                provider=provider, source=source))
+    yield ConvertProgress(f"created {name.display}", 3)
+
+
+def _embedding_source(store: Store, source: str) -> Path | None:
+    """The sentence-transformers folder to export when ``source`` is an embedding encoder: the folder itself,
+    or for a stored model, the safetensors the catalog's bundled package ships (all-minilm). None otherwise."""
+    from lokal.convert.onnx_embedding import is_embedding_folder
+
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        return folder if is_embedding_folder(folder) else None
+    if not store.exists(source) or is_onnx(store.get(source)):
+        return None
+    from lokal.store.gguf_info import EMBEDDING_ARCHITECTURES, read_details
+
+    if read_details(store.model_path(store.get(source))).architecture not in EMBEDDING_ARCHITECTURES:
+        return None
+    from lokal.store.catalog import Catalog
+    from lokal.store.sources.bundled import PACKAGES, is_installed, package_archive
+
+    variant = Catalog.packaged().resolve(source)
+    for spec in variant.sources if variant is not None else ():
+        package = PACKAGES.get(getattr(spec, "package", "") or "")
+        if spec.kind == "bundled" and package and package.layout == "safetensors-zip" and \
+                is_installed(package.pip_name):
+            return package_archive(package)
+    raise BadRequest(f"{source} is a GGUF embedding model; exporting it to ONNX needs its safetensors: "
+                     f"`lokal convert /path/to/sentence-transformers-folder --to onnx`")
+
+
+def _convert_embedding(store: Store, source: str, folder_or_zip: Path, precision: str, provider: str,
+                       target: str | None, work_dir: Path | None) -> Iterator[ConvertProgress]:
+    import zipfile
+
+    from lokal.convert.onnx_embedding import export_embedding, is_embedding_folder
+
+    if precision != "fp32" or provider != "cpu":
+        raise BadRequest("embedding models export to ONNX at fp32 for the CPU only (--precision fp32 "
+                         "--provider cpu)")
+    check_installed()
+    if folder_or_zip.is_dir():
+        name = ModelName.parse(target or f"{folder_or_zip.name.lower()}:onnx-fp32-cpu")
+    else:
+        name = ModelName.parse(target) if target else onnx_tag(store.get(source).name, precision, provider)
+    with tempfile.TemporaryDirectory(prefix="lokal-convert-", dir=work_dir) as temp:
+        folder = folder_or_zip
+        if not folder.is_dir():
+            yield ConvertProgress(f"unpacking {folder_or_zip.name}", 1)
+            with zipfile.ZipFile(folder_or_zip) as archive:
+                archive.extractall(Path(temp) / "model")
+            folder = next((p.parent for p in sorted((Path(temp) / "model").rglob("config.json"))
+                           if is_embedding_folder(p.parent)), Path(temp) / "model")
+        yield ConvertProgress("exporting the encoder with torch.onnx (fp32)", 2)
+        out = Path(temp) / "onnx"
+        export_embedding(folder, out)
+        yield ConvertProgress(f"storing {name.display}", 3)
+        store_folder(store, name, out, OnnxInfo(family="bert", parameter_size="", precision=precision,
                                                 provider=provider, source=source))
     yield ConvertProgress(f"created {name.display}", 3)
 

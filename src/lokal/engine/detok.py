@@ -27,6 +27,7 @@ class Detokenizer:
         self._must_strip_space = strip_leading_space
         self._held = ""  # decoded text that might still turn into a stop string
         self.is_stopped = False
+        self.matched_stop: str | None = None  # the stop string that ended the text
 
     def add(self, token: int) -> str:
         if self.is_stopped:
@@ -48,9 +49,11 @@ class Detokenizer:
     def _release(self, text: str) -> str:
         if not self._stops:
             return text
-        cut = min((i for i in (text.find(s) for s in self._stops) if i >= 0), default=-1)
+        cut, stop = min(((i, s) for s, i in ((s, text.find(s)) for s in self._stops) if i >= 0),
+                        default=(-1, None))
         if cut >= 0:
             self.is_stopped = True
+            self.matched_stop = stop
             self._held = ""
             return text[:cut]
         num_held = _longest_stop_prefix_suffix(text, self._stops)

@@ -34,7 +34,7 @@ from lokal.errors import (
     ServerBusy,
     UnsupportedCapability,
 )
-from lokal.types import Done, DoneReason, Event, SamplingOptions, Token
+from lokal.types import MAX_TOP_LOGPROBS, Done, DoneReason, Event, Logprob, SamplingOptions, Token
 
 log = logging.getLogger("lokal.engine")
 
@@ -155,10 +155,13 @@ class Engine:
     # ---- requests ---------------------------------------------------------------------------------------
 
     def submit(self, tokens: Sequence[int], sampling: SamplingOptions, *, grammar: str | None = None,
-               sink: Sink) -> Handle:
-        """Queue a generation. Events go to ``sink``; bad input raises here, before anything is queued."""
+               sink: Sink, logprobs: int | None = None) -> Handle:
+        """Queue a generation. Events go to ``sink``; bad input raises here, before anything is queued.
+        ``logprobs`` n (0–20): each ``Token`` carries its tokens' log-probabilities and n likeliest alternatives."""
         if self.config.embedding:
             raise UnsupportedCapability("this model is loaded for embeddings only")
+        if logprobs is not None and not 0 <= logprobs <= MAX_TOP_LOGPROBS:
+            raise BadRequest(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
         prompt = list(tokens)
         self._check_tokens(prompt)
         if len(prompt) >= self.n_ctx_per_seq:
@@ -168,7 +171,7 @@ class Engine:
             sampling = replace(sampling, ignore_eos=False)  # a grammar says where the output ends
         sampler = self._runner.new_sampler(sampling, grammar, prompt)
         request = Request(tokens=prompt, sampling=sampling, sink=sink, sampler=sampler,
-                          drafter=self._drafter_for(sampling, grammar),
+                          drafter=self._drafter_for(sampling, grammar, logprobs), num_top_logprobs=logprobs,
                           detok=Detokenizer(self._runner.output_piece, sampling.stop))
         handle = Handle(self, request)
         sink.attach(handle)
@@ -180,11 +183,13 @@ class Engine:
             self._ensure_worker()
         return handle
 
-    def _drafter_for(self, sampling: SamplingOptions, grammar: str | None) -> Drafter | None:
+    def _drafter_for(self, sampling: SamplingOptions, grammar: str | None, logprobs: int | None) -> Drafter | None:
         """Who guesses ahead for a request (speculative decoding), if anyone. Not grammar-constrained ones
         (a guess would have to pass the grammar too), nor greedy ones with penalties: a greedy guess is
-        checked against the raw logits' clear leader (see Runner.decode), which penalties move."""
-        if not self.config.num_draft or grammar:
+        checked against the raw logits' clear leader (see Runner.decode), which penalties move. Nor requests
+        for logprobs: a guessed position's logits come from the batched kernels, which round differently,
+        and its logprobs would differ in the last digits from the one-token step's."""
+        if not self.config.num_draft or grammar or logprobs is not None:
             return None
         has_penalties = (sampling.repeat_penalty != 1.0 or sampling.frequency_penalty != 0.0
                          or sampling.presence_penalty != 0.0)
@@ -348,12 +353,12 @@ class Engine:
             else:
                 request.eval_ns += elapsed
             if chunk.needs_sample:
-                for token in next(next_sampled):  # several when guesses were accepted
+                for i, token in enumerate(next(next_sampled)):  # several when guesses were accepted
                     if request.is_finished or request.done_reason is not None:
                         break
-                    self._postprocess(request, token)
+                    self._postprocess(request, token, chunk.logprobs[i] if chunk.logprobs else None)
 
-    def _postprocess(self, request: Request, token: int) -> None:
+    def _postprocess(self, request: Request, token: int, logprob: Logprob | None = None) -> None:
         request.num_generated += 1
         reason: DoneReason | None = None
         text = ""
@@ -362,6 +367,8 @@ class Engine:
         else:
             request.tokens.append(token)
             request.pending_ids.append(token)
+            if logprob is not None:
+                request.pending_logprobs.append(logprob)
             text = request.detok.add(token)
             num_predict = request.sampling.num_predict
             if request.detok.is_stopped:
@@ -372,8 +379,9 @@ class Engine:
             text += request.detok.flush()
         events: list[Event] = []
         if text:  # ids whose text is held back (half a character, maybe a stop) wait for it
-            events.append(Token(text, request.pending_ids))
-            request.pending_ids = []
+            logprobs = request.pending_logprobs if request.num_top_logprobs is not None else None
+            events.append(Token(text, request.pending_ids, logprobs=logprobs))
+            request.pending_ids, request.pending_logprobs = [], []
         if reason is not None:
             request.done_reason = reason
             events.append(self._done(request, reason))
@@ -383,10 +391,11 @@ class Engine:
             self._end(request)
 
     def _done(self, request: Request, reason: DoneReason) -> Done:
-        return Done(reason=reason, prompt_eval_count=request.num_prompt_evaluated,
+        return Done(reason=reason, prompt_count=request.num_prompt_tokens,
+                    prompt_eval_count=request.num_prompt_evaluated,
                     prompt_eval_duration=request.prompt_eval_ns, eval_count=request.num_generated,
                     eval_duration=request.eval_ns, total_duration=time.perf_counter_ns() - request.submitted_ns,
-                    context=list(request.tokens))
+                    context=list(request.tokens), stop_sequence=request.detok.matched_stop)
 
     def _push(self, request: Request, events: list[Event]) -> bool:
         try:

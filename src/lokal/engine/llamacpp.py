@@ -21,6 +21,7 @@ import llama_cpp as llama
 import numpy as np
 
 from lokal.config import physical_cores
+from lokal.engine.logprobs import token_logprob
 from lokal.engine.pages import anonymous_mappings, release_zeroed_pages
 from lokal.errors import BadRequest, LokalError, ModelLoadError
 from lokal.types import SamplingOptions
@@ -379,6 +380,7 @@ class Runner:
             sampler = chunk.request.sampler
             if not chunk.draft:
                 sampled[id(chunk)] = [self._sample(sampler, index)]
+                self._note_logprob(chunk, index, sampled[id(chunk)][0])
                 continue
             out: list[int] = []
             is_greedy = chunk.request.sampling.temperature <= 0
@@ -387,6 +389,7 @@ class Runner:
                     chunk.request.needs_exact_step = True
                     break
                 token = self._sample(sampler, index + i)
+                self._note_logprob(chunk, index + i, token)
                 out.append(token)
                 if i == len(chunk.draft) or token != chunk.draft[i] or self.is_eog(token):
                     break
@@ -396,6 +399,13 @@ class Runner:
             llama.llama_memory_seq_rm(self._memory, chunk.request.slot, chunk.end + chunk.num_accepted, -1)
             sampled[id(chunk)] = out
         return [sampled[id(chunk)] for chunk in chunks if chunk.needs_sample]
+
+    def _note_logprob(self, chunk: Chunk, index: int, token: int) -> None:
+        """For requests that asked: the sampled token's log-probability from the logits it came from."""
+        num_top = chunk.request.num_top_logprobs
+        if num_top is not None:
+            logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx, index), shape=(self.n_vocab,))
+            chunk.logprobs.append(token_logprob(logits, token, num_top, self.output_piece))
 
     def _is_clear(self, index: int) -> bool:
         """The logits at batch position ``index`` have one clear leader (see ``decode``)."""

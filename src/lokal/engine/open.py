@@ -60,6 +60,10 @@ def open_engine(path: Path, config: EngineConfig, fmt: str = "", provider: str |
     file), on ``provider`` where the engine takes one. Blocking: call it off the event loop."""
     fmt = fmt or model_format(Path(path))
     if fmt == "onnx":
+        if not (Path(path) / "genai_config.json").is_file() and (Path(path) / "pooling.json").is_file():
+            from lokal.engine.onnx_embed import OnnxEmbedder  # a sentence-embedding encoder, not a GenAI model
+
+            return OnnxEmbedder(path, config, provider)
         from lokal.engine.onnx import OnnxEngine  # onnxruntime is an optional extra
 
         return OnnxEngine(path, config, provider)

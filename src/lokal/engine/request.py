@@ -9,7 +9,7 @@ from itertools import count
 from typing import TYPE_CHECKING, Any
 
 from lokal.engine.detok import Detokenizer
-from lokal.types import DoneReason, SamplingOptions
+from lokal.types import DoneReason, Logprob, SamplingOptions
 
 if TYPE_CHECKING:
     from lokal.engine.draft import Drafter
@@ -27,6 +27,7 @@ class Request:
     sampler: Any  # the runner's handle for this request's C sampler chain; the runner frees it
     drafter: Drafter | None = None  # speculative decoding's guesser; None: one token per step
     needs_exact_step: bool = False  # a guessed step stopped at a close call: compute the next one without guesses
+    num_top_logprobs: int | None = None  # None: no log-probabilities; n: each token's and its n likeliest
     num_prompt_tokens: int = 0
     request_id: int = field(default_factory=lambda: next(_request_ids))
     slot: int | None = None
@@ -34,6 +35,7 @@ class Request:
     num_reused: int = 0  # prompt tokens that prefix reuse saved
     num_generated: int = 0  # sampled tokens, an end-of-generation one included (Ollama's eval_count)
     pending_ids: list[int] = field(default_factory=list)  # generated ids whose text is not out yet
+    pending_logprobs: list[Logprob] = field(default_factory=list)  # theirs, when the request asked
     done_reason: DoneReason | None = None  # set when it ends normally
     is_finished: bool = False  # it left the engine: done, cancelled or failed
     is_cancel_requested: bool = False
@@ -73,6 +75,7 @@ class Chunk:
     # ``end..``. The runner keeps the first ``num_accepted`` of them (those the model itself sampled).
     draft: list[int] = field(default_factory=list)
     num_accepted: int = 0
+    logprobs: list[Logprob] = field(default_factory=list)  # one per sampled token, when the request asked
 
     @property
     def num_tokens(self) -> int:

@@ -69,6 +69,7 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("GET", "/api/health"): OPEN,
     ("HEAD", "/api/health"): OPEN,
     ("GET", "/api/version"): VIEW,
+    ("HEAD", "/api/version"): VIEW,
     # operations: readiness is a probe like health; metrics are for viewers (Prometheus sends a bearer key)
     ("GET", "/ready"): OPEN,
     ("HEAD", "/ready"): OPEN,
@@ -91,6 +92,7 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission] = {
     # Ollama: models
     ("GET", "/api/ps"): VIEW,
     ("GET", "/api/tags"): VIEW,
+    ("HEAD", "/api/tags"): VIEW,
     ("POST", "/api/show"): VIEW,
     ("POST", "/api/copy"): MANAGE,
     ("POST", "/api/pull"): MANAGE,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any
+from typing import Any, Sequence
 
 from fastapi import APIRouter, Request, Response
 
@@ -120,14 +120,22 @@ def sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-def stop_reason(done: internal.Done, num_calls: int) -> str:
+def stop_reason(done: internal.Done, num_calls: int, stop_sequences: Sequence[str] = ()) -> str:
+    """Anthropic's reason; "stop_sequence" only for the request's own stop_sequences (not a model's PARAMETER
+    stop, which ends a turn as the end-of-turn token does)."""
     if num_calls:
         return "tool_use"
+    if done.stop_sequence is not None and done.stop_sequence in stop_sequences:
+        return "stop_sequence"
     return "max_tokens" if done.reason == "length" else "end_turn"
 
 
+def matched_stop(reason: str, done: internal.Done) -> str | None:
+    return done.stop_sequence if reason == "stop_sequence" else None
+
+
 def input_tokens(done: internal.Done) -> int:
-    return len(done.context) - done.eval_count if done.context else done.prompt_eval_count
+    return done.prompt_count
 
 
 def tool_use_block(call: dict[str, Any]) -> dict[str, Any]:
@@ -138,8 +146,9 @@ def tool_use_block(call: dict[str, Any]) -> dict[str, Any]:
 class MessageRenderer:
     """One message as Anthropic's stream: blocks are opened as the kind of output changes."""
 
-    def __init__(self, model: str, allow_parallel: bool = True):
+    def __init__(self, model: str, allow_parallel: bool = True, stop_sequences: Sequence[str] = ()):
         self.model = model
+        self.stop_sequences = stop_sequences
         self.id = "msg_" + secrets.token_hex(12)
         self.allow_parallel = allow_parallel
         self.started = False
@@ -147,9 +156,10 @@ class MessageRenderer:
         self.index = -1
         self.num_calls = 0
 
-    def _message(self, content: list[dict[str, Any]], reason: str | None, usage: dict[str, int]) -> dict[str, Any]:
+    def _message(self, content: list[dict[str, Any]], reason: str | None, usage: dict[str, int],
+                 stop_sequence: str | None = None) -> dict[str, Any]:
         return {"id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": content,
-                "stop_reason": reason, "stop_sequence": None, "usage": usage}
+                "stop_reason": reason, "stop_sequence": stop_sequence, "usage": usage}
 
     def _start(self) -> bytes:
         if self.started:
@@ -208,9 +218,9 @@ class MessageRenderer:
     def done(self, done: internal.Done) -> bytes:
         out = self._start() + self._close_block()
         usage = {"input_tokens": input_tokens(done), "output_tokens": done.eval_count}
+        reason = stop_reason(done, self.num_calls, self.stop_sequences)
         out += sse("message_delta", {"type": "message_delta", "usage": usage,
-                                     "delta": {"stop_reason": stop_reason(done, self.num_calls),
-                                               "stop_sequence": None}})
+                                     "delta": {"stop_reason": reason, "stop_sequence": matched_stop(reason, done)}})
         return out + sse("message_stop", {"type": "message_stop"})
 
     def error(self, error: LokalError) -> bytes:
@@ -225,7 +235,8 @@ class MessageRenderer:
         calls = self._calls(answer.tool_calls)
         content += [tool_use_block(call) for call in calls]
         usage = {"input_tokens": input_tokens(done), "output_tokens": done.eval_count}
-        return self._message(content, stop_reason(done, len(calls)), usage)
+        reason = stop_reason(done, len(calls), self.stop_sequences)
+        return self._message(content, reason, usage, matched_stop(reason, done))
 
 
 # ---- routes ---------------------------------------------------------------------------------------------
@@ -236,7 +247,8 @@ async def messages(body: wire.MessageRequest, request: Request) -> Response:
     """Answer a conversation (Anthropic's Messages API). Streams SSE events when ``stream`` is true."""
     allow_parallel = not (body.tool_choice or {}).get("disable_parallel_tool_use", False)
     events = runtime_of(request).generate(to_generate_request(body))
-    return await respond(request, body.stream, events, MessageRenderer(body.model, allow_parallel), SSE)
+    renderer = MessageRenderer(body.model, allow_parallel, body.stop_sequences or ())
+    return await respond(request, body.stream, events, renderer, SSE)
 
 
 @router.post("/messages/count_tokens", response_model=wire.TokenCount)

@@ -143,7 +143,25 @@ def _deferred(make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
     yield from make()
 
 
-def check_logprobs(logprobs: bool | int | None, top_logprobs: int | None) -> None:
-    """Every flavour's ``logprobs`` fields go through here (one refusal, one place to lift it)."""
-    if logprobs or top_logprobs:
-        raise BadRequest("logprobs are not supported yet")
+def parse_logprobs(logprobs: bool | None, top_logprobs: int | None, *, top_needs_logprobs: bool = False,
+                   most: int = internal.MAX_TOP_LOGPROBS) -> int | None:
+    """The runtime's ``logprobs`` (None: none asked; n: alternatives per token) from a flavour's two fields.
+    Ollama ignores ``top_logprobs`` without ``logprobs``; OpenAI refuses it (``top_needs_logprobs``)."""
+    top = top_logprobs or 0
+    if not 0 <= top <= most:
+        raise BadRequest(f"top_logprobs must be between 0 and {most}")
+    if not logprobs:
+        if top and top_needs_logprobs:
+            raise BadRequest("top_logprobs needs logprobs: true")
+        return None
+    return top
+
+
+def wire_logprobs(logprobs: list[internal.Logprob]) -> list[dict[str, Any]]:
+    """Ollama's and OpenAI chat's shape (the same): token, logprob, bytes and the top alternatives."""
+    return [{**_wire_logprob(entry), "top_logprobs": [_wire_logprob(top) for top in entry.top_logprobs]}
+            for entry in logprobs]
+
+
+def _wire_logprob(entry: internal.Logprob) -> dict[str, Any]:
+    return {"token": entry.token, "logprob": entry.logprob, "bytes": list(entry.piece)}

@@ -17,8 +17,8 @@ from lokal.errors import BadRequest, DigestMismatch, LokalError, ModelNotFound
 from lokal.model_info import details_fields, listing_details
 from lokal.store.blobs import normalize_digest
 from lokal.server import ollama_types as wire
-from lokal.server.edge import (check_logprobs, decode_base64, iterate_in_thread, parse_keep_alive, parse_think,
-                               respond, runtime_of, text_list)
+from lokal.server.edge import (decode_base64, iterate_in_thread, parse_keep_alive, parse_logprobs, parse_think,
+                               respond, runtime_of, text_list, wire_logprobs)
 from lokal.server.streaming import (NDJSON, Answer, JSONResponse, close_quietly, ndjson_line, now_rfc3339,
                                     streaming_response, until_disconnected)
 
@@ -54,22 +54,22 @@ def to_message(message: wire.Message) -> internal.Message:
 
 
 def to_generate_request(body: wire.GenerateRequest) -> internal.GenerateRequest:
-    check_logprobs(body.logprobs, body.top_logprobs)
     images = decode_images(body.images)
     # An empty prompt means "load the model", as in Ollama (unless images make it a real request).
     prompt = body.prompt if body.prompt or images else None
     return internal.GenerateRequest(
         model=body.model, prompt=prompt, system=body.system, template=body.template, suffix=body.suffix,
         raw=body.raw, context=body.context, images=images, format=parse_format(body.format),
-        options=body.options, keep_alive=parse_keep_alive(body.keep_alive), think=parse_think(body.think))
+        options=body.options, keep_alive=parse_keep_alive(body.keep_alive), think=parse_think(body.think),
+        logprobs=parse_logprobs(body.logprobs, body.top_logprobs))
 
 
 def to_chat_request(body: wire.ChatRequest) -> internal.GenerateRequest:
-    check_logprobs(body.logprobs, body.top_logprobs)
     messages = [to_message(m) for m in body.messages] or None
     return internal.GenerateRequest(
         model=body.model, messages=messages, tools=body.tools or None, format=parse_format(body.format),
-        options=body.options, keep_alive=parse_keep_alive(body.keep_alive), think=parse_think(body.think))
+        options=body.options, keep_alive=parse_keep_alive(body.keep_alive), think=parse_think(body.think),
+        logprobs=parse_logprobs(body.logprobs, body.top_logprobs))
 
 
 # ---- rendering: internal → wire --------------------------------------------------------------------------
@@ -92,6 +92,13 @@ def error_line(error: LokalError) -> bytes:
     return ndjson_line({"error": error.message})
 
 
+def add_logprobs(body: dict[str, Any], logprobs: list[internal.Logprob] | None) -> dict[str, Any]:
+    """Ollama (>= 0.12) puts each chunk's tokens' logprobs beside its text; omitted when none."""
+    if logprobs:
+        body["logprobs"] = wire_logprobs(logprobs)
+    return body
+
+
 def ollama_tool_calls(calls: list[dict[str, Any]], first_index: int = 0) -> list[dict[str, Any]]:
     """Calls as Ollama writes them: arguments as an object, each with its position among the message's."""
     return [{"function": {"index": first_index + offset, "name": call["function"]["name"],
@@ -107,7 +114,7 @@ class GenerateRenderer:
         line = {"model": self.model, "created_at": now_rfc3339(), "response": token.text, "done": False}
         if token.thinking:
             line["thinking"] = token.thinking
-        return ndjson_line(line)
+        return ndjson_line(add_logprobs(line, token.logprobs))
 
     def final(self, done: internal.Done, answer: Answer) -> dict[str, Any]:
         body = {"model": self.model, "created_at": now_rfc3339(), "response": answer.text}
@@ -116,7 +123,7 @@ class GenerateRenderer:
         body.update(done_fields(done))
         if done.context:
             body["context"] = done.context
-        return body
+        return add_logprobs(body, answer.logprobs)
 
     def done(self, done: internal.Done) -> bytes:
         return ndjson_line(self.final(done, Answer()))
@@ -139,12 +146,14 @@ class ChatRenderer:
         return message
 
     def token(self, token: internal.Token) -> bytes:
-        return ndjson_line({"model": self.model, "created_at": now_rfc3339(),
-                            "message": self._message(token.text, token.thinking, token.tool_calls), "done": False})
+        line = {"model": self.model, "created_at": now_rfc3339(),
+                "message": self._message(token.text, token.thinking, token.tool_calls), "done": False}
+        return ndjson_line(add_logprobs(line, token.logprobs))
 
     def final(self, done: internal.Done, answer: Answer) -> dict[str, Any]:
-        return {"model": self.model, "created_at": now_rfc3339(),
+        body = {"model": self.model, "created_at": now_rfc3339(),
                 "message": self._message(answer.text, answer.thinking, answer.tool_calls), **done_fields(done)}
+        return add_logprobs(body, answer.logprobs)
 
     def done(self, done: internal.Done) -> bytes:
         return ndjson_line(self.final(done, Answer()))
@@ -162,6 +171,7 @@ async def root() -> str:
 
 
 @router.get("/api/version", response_model=wire.VersionResponse, tags=["service"])
+@router.head("/api/version", include_in_schema=False)  # Ollama answers HEAD here and on /api/tags: clients probe
 async def version() -> Response:
     return JSONResponse({"version": __version__})
 
@@ -238,6 +248,7 @@ async def running_models(request: Request) -> Response:
 
 
 @router.get("/api/tags", response_model=wire.ListResponse, tags=["ollama"])
+@router.head("/api/tags", include_in_schema=False)
 async def list_models(request: Request) -> Response:
     return JSONResponse({"models": await anyio.to_thread.run_sync(_list_models, runtime_of(request).store)})
 

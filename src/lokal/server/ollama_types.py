@@ -84,9 +84,9 @@ class GenerateOptions(WireModel):
     think: bool | str | None = None
     """Thinking mode, for models that support it."""
     logprobs: bool | None = None
-    """Return log probabilities of the generated tokens."""
-    top_logprobs: int | None = None
-    """Number of alternatives per token when logprobs is set."""
+    """Return each generated token's log probability (from the model's logits, before sampling options)."""
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    """Number of likeliest alternatives per token (0-20) when logprobs is set."""
 
 
 class GenerateRequest(ModelRequest, GenerateOptions):
@@ -246,16 +246,34 @@ class GenerateStats(BaseModel):
     """Nanoseconds spent generating."""
 
 
+class TokenLogprob(BaseModel):
+    token: str
+    """The token's text (U+FFFD where it holds part of a UTF-8 character)."""
+    logprob: float
+    """Its natural-log probability."""
+    bytes: list[int] | None = None
+    """Its exact bytes."""
+
+
+class Logprob(TokenLogprob):
+    top_logprobs: list[TokenLogprob] | None = None
+    """The likeliest tokens at this position, most likely first."""
+
+
 class GenerateResponse(GenerateStats):
     response: str
     """Generated text; a fragment when streaming."""
     context: list[int] | None = None
     """Prompt and answer tokens, to continue the conversation (last object only)."""
+    logprobs: list[Logprob] | None = None
+    """The generated tokens' log probabilities when asked (this chunk's when streaming)."""
 
 
 class ChatResponse(GenerateStats):
     message: Message
     """The assistant's message; a fragment when streaming."""
+    logprobs: list[Logprob] | None = None
+    """The generated tokens' log probabilities when asked (this chunk's when streaming)."""
 
 
 class EmbedResponse(BaseModel):

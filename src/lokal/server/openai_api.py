@@ -5,6 +5,7 @@ stream becomes SSE chunks or one completion object; errors become OpenAI error o
 from __future__ import annotations
 
 import base64
+import codecs
 import json
 import secrets
 import struct
@@ -17,8 +18,8 @@ from fastapi import APIRouter, Request, Response
 from lokal import types as internal
 from lokal.errors import BadRequest, LokalError
 from lokal.server import openai_types as wire
-from lokal.server.edge import (check_logprobs, decode_base64, parse_keep_alive, parse_think, parse_tool_choice,
-                               respond, runtime_of, text_list)
+from lokal.server.edge import (decode_base64, parse_keep_alive, parse_logprobs, parse_think, parse_tool_choice,
+                               respond, runtime_of, text_list, wire_logprobs)
 from lokal.server.streaming import SSE, SSE_DONE, Answer, JSONResponse, sse_event, until_disconnected
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -117,7 +118,6 @@ def to_messages(messages: list[wire.ChatMessage]) -> list[internal.Message]:
 
 
 def to_chat_request(body: wire.ChatCompletionRequest) -> internal.GenerateRequest:
-    check_logprobs(body.logprobs, body.top_logprobs)
     if body.audio or (body.modalities and set(body.modalities) - {"text"}):
         raise BadRequest("only text output is supported")
     if body.functions or body.function_call:
@@ -129,7 +129,8 @@ def to_chat_request(body: wire.ChatCompletionRequest) -> internal.GenerateReques
         model=body.model, messages=to_messages(body.messages), tools=body.tools or None,
         tool_choice=parse_tool_choice(body.tool_choice), format=response_format(body.response_format),
         options=sampling_options(body, max_tokens), keep_alive=parse_keep_alive(body.keep_alive),
-        think=parse_think(body.reasoning_effort))
+        think=parse_think(body.reasoning_effort),
+        logprobs=parse_logprobs(body.logprobs, body.top_logprobs, top_needs_logprobs=True))
 
 
 def single_prompt(prompt: Any) -> str:
@@ -145,19 +146,18 @@ def single_prompt(prompt: Any) -> str:
 def to_completion_request(body: wire.CompletionRequest) -> internal.GenerateRequest:
     if body.best_of not in (None, 1):
         raise BadRequest("best_of > 1 is not supported")
-    check_logprobs(body.logprobs, None)
     # Completions continue the text as written (raw); fill-in-the-middle needs the model's template.
     return internal.GenerateRequest(
         model=body.model, prompt=single_prompt(body.prompt), suffix=body.suffix, raw=body.suffix is None,
-        options=sampling_options(body, body.max_tokens), keep_alive=parse_keep_alive(body.keep_alive))
+        options=sampling_options(body, body.max_tokens), keep_alive=parse_keep_alive(body.keep_alive),
+        logprobs=parse_logprobs(body.logprobs is not None, body.logprobs, most=5))
 
 
 # ---- rendering: internal → wire --------------------------------------------------------------------------
 
 
 def usage(done: internal.Done) -> dict[str, int]:
-    # OpenAI counts the whole prompt; prompt_eval_count leaves out a reused prefix, the context does not.
-    prompt_tokens = len(done.context) - done.eval_count if done.context else done.prompt_eval_count
+    prompt_tokens = done.prompt_count  # the whole prompt, as OpenAI counts it (a reused prefix included)
     return {"prompt_tokens": prompt_tokens, "completion_tokens": done.eval_count,
             "total_tokens": prompt_tokens + done.eval_count}
 
@@ -176,15 +176,36 @@ def openai_tool_calls(calls: list[dict[str, Any]], first_index: int = 0) -> list
             for offset, call in enumerate(calls)]
 
 
+class CompletionLogprobs:
+    """Legacy completions' logprobs: parallel lists, the alternatives as {token: logprob}, and each token's
+    character offset in the returned text (the echoed prompt included; its own tokens are not reported)."""
+
+    def __init__(self, start: int):
+        self.num_chars = start
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def render(self, logprobs: list[internal.Logprob]) -> dict[str, Any]:
+        offsets = []
+        for entry in logprobs:
+            offsets.append(self.num_chars)
+            self.num_chars += len(self._utf8.decode(entry.piece))
+        return {"tokens": [entry.token for entry in logprobs],
+                "token_logprobs": [entry.logprob for entry in logprobs],
+                "top_logprobs": [{top.token: top.logprob for top in entry.top_logprobs} for entry in logprobs],
+                "text_offset": offsets}
+
+
 class CompletionRenderer:
     """Chat completions (``chat=True``) and legacy text completions share everything but the shapes."""
 
     def __init__(self, model: str, chat: bool, include_usage: bool, prefix: str = "",
-                 parallel_tool_calls: bool = True):
+                 parallel_tool_calls: bool = True, logprobs: bool = False):
         self.model = model
         self.is_chat = chat
         self.include_usage = include_usage
         self.prefix = prefix  # echo: the prompt in front of the answer
+        self.completion_logprobs = CompletionLogprobs(len(prefix)) if logprobs and not chat else None
+        self.wants_logprobs = logprobs
         self.parallel_tool_calls = parallel_tool_calls
         self.num_calls = 0
         self.id = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
@@ -204,8 +225,17 @@ class CompletionRenderer:
         self.num_calls += len(converted)
         return converted
 
+    def _logprobs(self, logprobs: list[internal.Logprob] | None) -> dict[str, Any] | None:
+        """A choice's ``logprobs``: null unless asked, else those of the tokens behind this text (for a model
+        that thinks, the reasoning's tokens are among them: the split into reasoning and content is by text)."""
+        if not self.wants_logprobs or (logprobs is None and self.completion_logprobs is None):
+            return None
+        if self.completion_logprobs is not None:
+            return self.completion_logprobs.render(logprobs or [])
+        return {"content": wire_logprobs(logprobs or []), "refusal": None}
+
     def _chunk(self, text: str, finish: str | None, thinking: str = "",
-               calls: list[dict[str, Any]] | None = None) -> bytes:
+               calls: list[dict[str, Any]] | None = None, logprobs: list[internal.Logprob] | None = None) -> bytes:
         chunk_object = "chat.completion.chunk" if self.is_chat else "text_completion"
         if self.is_chat:
             delta: dict[str, Any] = {"role": "assistant", "content": text}
@@ -213,9 +243,10 @@ class CompletionRenderer:
                 delta["reasoning_content"] = thinking
             if calls:
                 delta["tool_calls"] = calls
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            choice = {"index": 0, "delta": delta, "logprobs": self._logprobs(logprobs), "finish_reason": finish}
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            choice = {"index": 0, "text": text, "logprobs": self._logprobs(logprobs) if logprobs else None,
+                      "finish_reason": finish}
         return sse_event(self._envelope([choice], chunk_object))
 
     def token(self, token: internal.Token) -> bytes:
@@ -225,7 +256,7 @@ class CompletionRenderer:
         calls = self._calls(token.tool_calls) if token.tool_calls else None
         if not text and not token.thinking and not calls:
             return b""
-        return self._chunk(text, None, token.thinking, calls)
+        return self._chunk(text, None, token.thinking, calls, token.logprobs)
 
     def done(self, done: internal.Done) -> bytes:
         out = self._chunk(self.prefix, finish_reason(done, self.num_calls))
@@ -246,10 +277,11 @@ class CompletionRenderer:
                 message["reasoning_content"] = answer.thinking
             if calls:
                 message["tool_calls"] = [{k: v for k, v in call.items() if k != "index"} for call in calls]
-            choice = {"index": 0, "message": message, "logprobs": None,
+            choice = {"index": 0, "message": message, "logprobs": self._logprobs(answer.logprobs),
                       "finish_reason": finish_reason(done, len(calls))}
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason(done)}
+            choice = {"index": 0, "text": text, "logprobs": self._logprobs(answer.logprobs),
+                      "finish_reason": finish_reason(done)}
         return {**self._envelope([choice], self.object), "usage": usage(done)}
 
 
@@ -260,7 +292,8 @@ class CompletionRenderer:
 async def chat_completions(body: wire.ChatCompletionRequest, request: Request) -> Response:
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     renderer = CompletionRenderer(body.model, chat=True, include_usage=include_usage,
-                                  parallel_tool_calls=body.parallel_tool_calls is not False)
+                                  parallel_tool_calls=body.parallel_tool_calls is not False,
+                                  logprobs=bool(body.logprobs))
     events = runtime_of(request).generate(to_chat_request(body))
     return await respond(request, bool(body.stream), events, renderer, SSE)
 
@@ -277,7 +310,8 @@ async def completions(body: wire.CompletionRequest, request: Request) -> Respons
     generate_request = to_completion_request(body)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     prefix = generate_request.prompt if body.echo else ""
-    renderer = CompletionRenderer(body.model, chat=False, include_usage=include_usage, prefix=prefix or "")
+    renderer = CompletionRenderer(body.model, chat=False, include_usage=include_usage, prefix=prefix or "",
+                                  logprobs=body.logprobs is not None)
     events = runtime_of(request).generate(generate_request)
     return await respond(request, bool(body.stream), events, renderer, SSE)
 

@@ -1,7 +1,7 @@
 """Wire types of the OpenAI-compatible API (/v1), as the official ``openai`` client sends them.
 
 Every field the client can send is declared, so unknown fields (typos) are a 400. Fields that change
-what a request means but that lokal cannot do (n > 1, logprobs, audio) are refused with a clear 400 in
+what a request means but that lokal cannot do (n > 1, audio) are refused with a clear 400 in
 openai_api.py; fields with no effect on a local server (user, store, metadata, service_tier, …) are
 accepted and ignored.
 """
@@ -95,9 +95,9 @@ class ChatCompletionRequest(SamplingFields):
     parallel_tool_calls: bool | None = None
     """false: at most one tool call per answer."""
     logprobs: bool | None = None
-    """Not supported yet."""
-    top_logprobs: int | None = None
-    """Not supported yet."""
+    """Return each content token's log probability (from the model's logits, before sampling options)."""
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    """Number of likeliest alternatives per token (0-20); needs logprobs: true."""
     metadata: dict[str, Any] | None = None
     """Ignored."""
     store: bool | None = None
@@ -141,8 +141,8 @@ class CompletionRequest(SamplingFields):
     """Put the prompt in front of the answer."""
     best_of: int | None = None
     """Only 1 is supported."""
-    logprobs: int | None = None
-    """Not supported yet."""
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    """Return each token's log probability and this many likeliest alternatives (0-5)."""
 
 
 class EmbeddingRequest(WireModel):
@@ -176,11 +176,33 @@ class AssistantMessage(BaseModel):
     content: str | None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None = None
+    refusal: list[TokenLogprob] | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: Literal["stop", "length", "tool_calls"]
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -197,7 +219,7 @@ class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: Literal["stop", "length"]
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):

@@ -4,7 +4,8 @@
   ``{"error"}``, OpenAI's error object on /v1, Anthropic's on /v1/messages.
 - Every status a route can answer is listed: 400 for a bad body or parameter, 413 for an oversized body,
   404 where a model or a stored object is named, and for routes that load a model 499 (client gone),
-  503 (queue full or shutting down), 507 (not enough memory) and 500 (the model failed to load).
+  503 (queue full or shutting down), 507 (not enough memory) and 500 (the model failed to load); pulls
+  add 502 (the registry could not be reached or sent bad data).
 - Streaming routes declare their media types (NDJSON, SSE) beside JSON.
 - ``options`` lists the Ollama options lokal accepts, with the bounds it enforces, instead of "any object".
 """
@@ -37,6 +38,7 @@ STATUS_TEXT = {400: "Invalid request", 401: "An API key is required (LOKAL_AUTH)
                403: "The key's role or model list does not allow this", 404: "Model or object not found", 413: "Request body too large",
                499: "Client closed the connection", 500: "The model failed to load",
                429: "The key's rate limit is reached (see Retry-After)",
+               502: "The registry could not be reached or sent bad data (a partial download is kept)",
                503: "Busy (queue full) or shutting down", 507: "Not enough memory to load the model"}
 # ModelName's grammar (store/names.py): [host/][namespace/]model[:tag][@sha256:<hex>], no part with '..'.
 _PART = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}"
@@ -89,6 +91,8 @@ def statuses(path: str, method: str, operation: dict[str, Any]) -> list[int]:
         found += [499, 500, 503, 507]
     if path in ("/api/pull", "/openai/download", "/api/create"):
         found += [499, 507]
+    if path in ("/api/pull", "/openai/download"):
+        found.append(502)
     return sorted(set(found))
 
 
@@ -123,7 +127,6 @@ _BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 _DURATION = r"^(-?\d+(\.\d+)?|(-?\d+(\.\d+)?(ms|s|m|h))+)$"
 _KEEP_ALIVE = {"anyOf": [{"type": "number"}, {"type": "string", "pattern": _DURATION}, _NULL]}
 _THINK = {"anyOf": [{"type": "boolean"}, {"enum": ["low", "medium", "high", "true", "false"]}, _NULL]}
-_NO_LOGPROBS = {"anyOf": [{"const": False}, _NULL]}
 _NO_TOP_LOGPROBS = {"anyOf": [{"const": 0}, _NULL]}
 _TEXTS = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
 _TOOL_CHOICE = {"anyOf": [{"enum": ["auto", "none", "required"]}, _NULL, {
@@ -135,11 +138,9 @@ _ANTHROPIC_SYSTEM = {"anyOf": [{"type": "string"}, _NULL, {"type": "array", "ite
     "type": "object", "required": ["type"], "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}}]}
 # What the handlers refuse beyond the wire types' own checks, as schema: component → field → schema.
 ENFORCED: dict[str, dict[str, Any]] = {
-    "GenerateRequest": {"keep_alive": _KEEP_ALIVE, "think": _THINK, "logprobs": _NO_LOGPROBS,
-                        "top_logprobs": _NO_TOP_LOGPROBS,
+    "GenerateRequest": {"keep_alive": _KEEP_ALIVE, "think": _THINK,
                         "images": {"anyOf": [{"type": "array", "items": {"type": "string", "pattern": _BASE64}}, _NULL]}},
-    "ChatRequest": {"keep_alive": _KEEP_ALIVE, "think": _THINK, "logprobs": _NO_LOGPROBS,
-                    "top_logprobs": _NO_TOP_LOGPROBS},
+    "ChatRequest": {"keep_alive": _KEEP_ALIVE, "think": _THINK},
     "Message-Input": {"images": {"anyOf": [{"type": "array", "items": {"type": "string", "pattern": _BASE64}}, _NULL]}},
     "EmbedRequest": {"keep_alive": _KEEP_ALIVE, "input": _TEXTS},
     "EmbeddingsRequest": {"keep_alive": _KEEP_ALIVE},
@@ -148,8 +149,7 @@ ENFORCED: dict[str, dict[str, Any]] = {
     "RerankRequest": {"keep_alive": _KEEP_ALIVE},
     "ChatCompletionRequest": {
         "keep_alive": _KEEP_ALIVE, "n": {"anyOf": [{"const": 1}, _NULL]}, "logit_bias": {"anyOf": [
-            {"type": "object", "maxProperties": 0}, _NULL]}, "logprobs": _NO_LOGPROBS,
-        "top_logprobs": _NO_TOP_LOGPROBS, "audio": _NULL, "functions": _NULL, "function_call": _NULL,
+            {"type": "object", "maxProperties": 0}, _NULL]}, "audio": _NULL, "functions": _NULL, "function_call": _NULL,
         "web_search_options": _NULL, "moderation": _NULL, "tool_choice": _TOOL_CHOICE,
         "reasoning_effort": _EFFORT,
         "modalities": {"anyOf": [{"type": "array", "items": {"const": "text"}}, _NULL]},
@@ -168,7 +168,7 @@ ENFORCED: dict[str, dict[str, Any]] = {
     "CompletionRequest": {"keep_alive": _KEEP_ALIVE, "prompt": {"anyOf": [
         {"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1}]},
         "n": {"anyOf": [{"const": 1}, _NULL]}, "best_of": {"anyOf": [{"const": 1}, _NULL]},
-        "logprobs": {"anyOf": [{"const": 0}, _NULL]}, "logit_bias": {"anyOf": [
+        "logit_bias": {"anyOf": [
             {"type": "object", "maxProperties": 0}, _NULL]}},
     "EmbeddingRequest": {"keep_alive": _KEEP_ALIVE, "input": {"anyOf": [
         {"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}},
@@ -182,7 +182,7 @@ ENFORCED: dict[str, dict[str, Any]] = {
             "type": "object", "required": ["type"], "properties": {"type": {"enum": ["auto", "any", "none"]}}}]}},
     "CountTokensRequest": {"system": _ANTHROPIC_SYSTEM, "tool_choice": {"anyOf": [_NULL, {
         "type": "object", "required": ["type"], "properties": {"type": {"enum": ["auto", "any", "none"]}}}]}},
-    "ResponseRequest": {"keep_alive": _KEEP_ALIVE, "top_logprobs": _NO_TOP_LOGPROBS,
+    "ResponseRequest": {"keep_alive": _KEEP_ALIVE,
                         "background": {"anyOf": [{"const": False}, _NULL]},
                         "input": {"anyOf": [{"type": "string", "minLength": 1}, {"type": "array", "minItems": 1,
                                                                                   "items": {"type": "object", "required": ["role", "content"], "properties": {
@@ -198,6 +198,10 @@ ENFORCED: dict[str, dict[str, Any]] = {
 }
 # Bodies where one of several fields is needed.
 ONE_OF_REQUIRED = {"CreateRequest": ["from", "files"]}
+# Rules across fields, as schema: OpenAI refuses top_logprobs without logprobs: true.
+ACROSS_FIELDS = {"ChatCompletionRequest": {"anyOf": [
+    {"properties": {"top_logprobs": _NO_TOP_LOGPROBS}},
+    {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}]}}
 DIGEST_PATTERN = r"^sha256[:-][0-9a-fA-F]{64}$"
 
 
@@ -244,6 +248,7 @@ def correct(schema: dict[str, Any]) -> dict[str, Any]:
             component["required"] = sorted({*component.get("required", []), "input"})
         if name in ONE_OF_REQUIRED:
             component["anyOf"] = [{"required": [field]} for field in ONE_OF_REQUIRED[name]]
+        component.update(ACROSS_FIELDS.get(name, {}))
         for field in (MODEL_FIELDS & set(properties)) - set(ENFORCED.get(name, {})):
             if properties[field].get("type") == "string" and name.endswith("Request"):
                 properties[field]["pattern"] = MODEL_NAME_PATTERN

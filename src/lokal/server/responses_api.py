@@ -20,8 +20,8 @@ from fastapi import APIRouter, Request, Response
 from lokal import types as internal
 from lokal.errors import BadRequest, LokalError
 from lokal.server import responses_types as wire
-from lokal.server.edge import (check_logprobs, decode_base64, parse_keep_alive, parse_think, parse_tool_choice,
-                               respond, runtime_of)
+from lokal.server.edge import (decode_base64, parse_keep_alive, parse_logprobs, parse_think, parse_tool_choice,
+                               respond, runtime_of, wire_logprobs)
 from lokal.server.streaming import SSE, Answer, JSONResponse
 from lokal.store.responses import ResponseStore, StoredResponse
 
@@ -129,6 +129,11 @@ def to_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
     return converted
 
 
+def wants_logprobs(body: wire.ResponseRequest) -> bool:
+    """OpenAI returns output_text logprobs when ``include`` names them; asking for alternatives implies them."""
+    return "message.output_text.logprobs" in (body.include or ()) or bool(body.top_logprobs)
+
+
 def text_format(text: wire.TextConfig | None) -> internal.Format:
     fmt = text.format if text else None
     if not fmt or fmt.get("type") in (None, "text"):
@@ -171,7 +176,7 @@ class ResponsesRenderer:
             "tool_choice": body.tool_choice or "auto", "tools": body.tools or [],
             "text": {"format": (body.text.format if body.text and body.text.format else {"type": "text"})},
             "reasoning": {"effort": body.reasoning.effort if body.reasoning else None, "summary": None},
-            "truncation": "disabled", "usage": None}
+            "truncation": "disabled", "usage": None, "top_logprobs": body.top_logprobs}
 
     def _event(self, kind: str, **fields: Any) -> bytes:
         event = {"type": kind, "sequence_number": self.sequence, **fields}
@@ -195,7 +200,7 @@ class ResponsesRenderer:
         if item["type"] == "message":
             part = item["content"][0]
             out += self._event("response.output_text.done", item_id=item["id"], output_index=index,
-                               content_index=0, text=part["text"], logprobs=[])
+                               content_index=0, text=part["text"], logprobs=part["logprobs"])
             out += self._event("response.content_part.done", item_id=item["id"], output_index=index,
                                content_index=0, part=part)
         elif item["type"] == "reasoning":
@@ -205,7 +210,7 @@ class ResponsesRenderer:
         self.output.append(item)
         return out + self._event("response.output_item.done", output_index=index, item=item)
 
-    def _delta(self, kind: str, text: str) -> bytes:
+    def _delta(self, kind: str, text: str, logprobs: list[internal.Logprob] | None = None) -> bytes:
         out = b""
         index = len(self.output)
         if self.open_item is None or self.open_item["type"] != kind:
@@ -226,7 +231,10 @@ class ResponsesRenderer:
                                    content_index=0, part=dict(part))
         self.open_item["content"][0]["text"] += text
         event = "response.output_text.delta" if kind == "message" else "response.reasoning_text.delta"
-        extra = {"logprobs": []} if kind == "message" else {}
+        extra = {}
+        if kind == "message":
+            extra["logprobs"] = wire_logprobs(logprobs or [])
+            self.open_item["content"][0]["logprobs"] += extra["logprobs"]
         return out + self._event(event, item_id=self.open_item["id"], output_index=index, content_index=0,
                                  delta=text, **extra)
 
@@ -255,12 +263,12 @@ class ResponsesRenderer:
         out = self._start()
         if token.thinking:
             out += self._delta("reasoning", token.thinking)
-        if token.text:
-            out += self._delta("message", token.text)
+        if token.text:  # output_text logprobs: those of a token's text (reasoning has none)
+            out += self._delta("message", token.text, token.logprobs)
         return out + self._calls(token.tool_calls)
 
     def _finish(self, done: internal.Done) -> dict[str, Any]:
-        prompt_tokens = len(done.context) - done.eval_count if done.context else done.prompt_eval_count
+        prompt_tokens = done.prompt_count
         incomplete = done.reason == "length"
         self.response.update(
             status="incomplete" if incomplete else "completed", output=self.output,
@@ -294,7 +302,7 @@ class ResponsesRenderer:
         if answer.text:
             self.output.append({"type": "message", "id": new_id("msg_"), "status": "completed", "role": "assistant",
                                 "content": [{"type": "output_text", "text": answer.text, "annotations": [],
-                                             "logprobs": []}]})
+                                             "logprobs": wire_logprobs(answer.logprobs or [])}]})
         self._calls(answer.tool_calls)
         return self._finish(done)
 
@@ -305,7 +313,6 @@ class ResponsesRenderer:
 @router.post("/responses", response_model=wire.Response)
 async def create_response(body: wire.ResponseRequest, request: Request) -> Response:
     """Answer input items (or text), optionally continuing a stored response's conversation."""
-    check_logprobs(None, body.top_logprobs)
     if body.background:
         raise BadRequest("background responses are not supported: omit background")
     store = response_store(request)
@@ -328,7 +335,7 @@ async def create_response(body: wire.ResponseRequest, request: Request) -> Respo
         model=body.model, messages=instructions + conversation + new_messages, tools=to_tools(body.tools),
         tool_choice=parse_tool_choice(body.tool_choice), format=text_format(body.text), options=options,
         think=parse_think(body.reasoning.effort) if body.reasoning else None,
-        keep_alive=parse_keep_alive(body.keep_alive))
+        keep_alive=parse_keep_alive(body.keep_alive), logprobs=parse_logprobs(wants_logprobs(body), body.top_logprobs))
     input_items = ([{"type": "message", "role": "user", "content": [{"type": "input_text", "text": body.input}]}]
                    if isinstance(body.input, str) else list(body.input))
     input_items = [{"id": item.get("id") or new_id("item_"), **item} for item in input_items]

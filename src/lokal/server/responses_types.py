@@ -54,8 +54,8 @@ class ResponseRequest(WireModel):
     """Sampling temperature."""
     top_p: float | None = Field(default=None, ge=0, le=1)
     """Nucleus sampling mass."""
-    top_logprobs: int | None = None
-    """Not supported yet."""
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    """Likeliest alternatives per output_text token (0-20); with it or the include below, logprobs are returned."""
     stream: bool = False
     """Stream typed server-sent events (response.created … response.completed)."""
     store: bool = True
@@ -73,7 +73,7 @@ class ResponseRequest(WireModel):
     truncation: str | None = None
     """Ignored: a chat too long for the context drops its oldest turns."""
     include: list[str] | None = None
-    """Ignored."""
+    """"message.output_text.logprobs" returns each output_text token's log probability; other values are ignored."""
     background: bool | None = None
     """Not supported (responses are answered in the request)."""
     stream_options: dict[str, Any] | None = None

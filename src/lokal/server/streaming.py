@@ -23,7 +23,7 @@ from starlette.types import Send
 
 from lokal.errors import Cancelled, LokalError
 from lokal.server.access import note_event
-from lokal.types import Done, Event, Token
+from lokal.types import Done, Event, Logprob, Token
 
 log = logging.getLogger("lokal.server")
 
@@ -74,11 +74,14 @@ class Answer:
     text: str = ""
     thinking: str = ""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    logprobs: list[Logprob] | None = None  # set when the request asked for them
 
     def add(self, token: Token) -> None:
         self.text += token.text
         self.thinking += token.thinking
         self.tool_calls.extend(token.tool_calls or ())
+        if token.logprobs is not None:
+            self.logprobs = (self.logprobs or []) + token.logprobs
 
 
 async def close_quietly(events: AsyncIterator[Any]) -> None:

@@ -49,8 +49,9 @@ def model_format(entry: ModelEntry) -> str:
 def store_folder(store: Store, name: str | ModelName, folder: Path, info: OnnxInfo) -> ModelEntry:
     """Add every file under ``folder`` as a blob, then write the manifest (last, atomically)."""
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    if not any(p.name == "genai_config.json" for p in files):
-        raise StoreError(f"{folder} is not an onnxruntime-genai model folder: no genai_config.json")
+    if not any(p.name in ("genai_config.json", "pooling.json") for p in files):
+        raise StoreError(f"{folder} is not an ONNX model folder lokal runs: no genai_config.json (onnxruntime-genai) "
+                         f"or pooling.json (an embedding model from `lokal convert`)")
     with store.writing():
         layers = []
         for path in files:
@@ -135,6 +136,9 @@ def _layer_bytes(store: Store, entry: ModelEntry, file_name: str) -> bytes | Non
 def read_details(store: Store, entry: ModelEntry) -> ModelDetails:
     """``ModelDetails`` (what show/ps print, what the runtime sizes) from genai_config.json and the config blob."""
     info = read_info(store, entry)
+    pooling_bytes = _layer_bytes(store, entry, "pooling.json")
+    if pooling_bytes is not None and _layer_bytes(store, entry, "genai_config.json") is None:
+        return _embedding_details(entry, info, pooling_bytes)
     try:
         genai = json.loads(_layer_bytes(store, entry, "genai_config.json") or b"{}")
         tokenizer_config = json.loads(_layer_bytes(store, entry, "tokenizer_config.json") or b"{}")
@@ -160,4 +164,28 @@ def read_details(store: Store, entry: ModelEntry) -> ModelDetails:
                         quantization_level=info.precision, context_length=model.get("context_length"),
                         embedding_length=decoder.get("hidden_size"), chat_template=template or None,
                         bos_token=None, eos_token=None, license=None, pooling_type=None,
+                        metadata={k: v for k, v in metadata.items() if v is not None})
+
+
+def _embedding_details(entry: ModelEntry, info: OnnxInfo, pooling_bytes: bytes) -> ModelDetails:
+    """An embedding encoder's details from its pooling.json (convert/onnx_embedding.py)."""
+    try:
+        pooling = json.loads(pooling_bytes)
+    except ValueError as exc:
+        raise StoreError(f"{entry.name.display}: unreadable pooling.json: {exc}") from None
+    architecture = info.family or "bert"
+    metadata: dict[str, Any] = {
+        "general.architecture": architecture,
+        f"{architecture}.block_count": pooling.get("block_count"),
+        f"{architecture}.embedding_length": pooling.get("embedding_length"),
+        f"{architecture}.context_length": pooling.get("max_length"),
+        f"{architecture}.pooling_type": pooling.get("pooling"),
+        "onnx.execution_provider": info.provider,
+        "onnx.precision": info.precision,
+    }
+    return ModelDetails(architecture=architecture, name=entry.name.model, family=architecture,
+                        parameter_count=0, parameter_size=info.parameter_size, file_type=None,
+                        quantization_level=info.precision, context_length=pooling.get("max_length"),
+                        embedding_length=pooling.get("embedding_length"), chat_template=None,
+                        bos_token=None, eos_token=None, license=None, pooling_type=pooling.get("pooling"),
                         metadata={k: v for k, v in metadata.items() if v is not None})

