@@ -144,17 +144,16 @@ def test_rerank_scores_match_transformers(server, reference) -> None:
     assert [r["index"] for r in top["results"]] == order[:2] and "document" not in top["results"][0]
 
 
-def test_reranker_shows_rerank_capability_and_refuses_embedding(server) -> None:
+def test_reranker_shows_rerank_capability_and_refuses_embedding_and_chat_models(server) -> None:
     shown = httpx.post(server.url + "/api/show", json={"model": "reranker"}, timeout=60).json()
     assert shown["capabilities"] == ["rerank"]
     assert shown["model_info"]["bert.pooling_type"] == 4
     embed = httpx.post(server.url + "/api/embed", json={"model": "reranker", "input": "hello"}, timeout=60)
     assert embed.status_code == 400 and "reranker" in embed.json()["error"]
-    # The bundled chat model still reranks by cosine similarity of its embeddings (test_server_tools checks the
-    # scores); the reranker's path does not leak into it.
-    cosine = httpx.post(server.url + "/v1/rerank", timeout=120, json={
-        "model": MODEL, "query": QUERY, "documents": DOCUMENTS[:2]}).json()
-    assert all(-1.0001 <= r["relevance_score"] <= 1.0001 for r in cosine["results"])
+    # A chat model is neither a reranker nor an embedding model (test_server_tools covers the cosine path).
+    chat_model = httpx.post(server.url + "/v1/rerank", timeout=120, json={
+        "model": MODEL, "query": QUERY, "documents": DOCUMENTS[:2]})
+    assert chat_model.status_code == 400 and "neither a reranker" in chat_model.json()["error"]["message"]
 
 
 def test_pair_longer_than_the_context_is_a_clear_400(server) -> None:

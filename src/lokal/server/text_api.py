@@ -52,7 +52,7 @@ class RerankDocument(WireModel):
 
 class RerankRequest(WireModel):
     model: str = Field(min_length=1)
-    """A reranker (rank pooling: its classification head scores each query–document pair) or any other model
+    """A reranker (rank pooling: its classification head scores each query–document pair) or an embedding model
     (e.g. all-minilm: documents are scored by the cosine similarity of their embeddings to the query's)."""
     query: str
     """What the documents are ranked against."""
