@@ -105,9 +105,11 @@ def knowledge_files(model: StoredModel) -> list[str]:
 
 
 def capabilities(details: ModelDetails, template: ChatTemplate) -> list[str]:
-    """Ollama's ``capabilities``: completion or embedding, plus tools, insert (fill-in-the-middle) and
-    thinking when the template requests are rendered with handles them (tools also through a built-in
-    template for the model's family, tool_templates.py)."""
+    """Ollama's ``capabilities``: completion, embedding or rerank (a rank-pooling reranker), plus tools, insert
+    (fill-in-the-middle) and thinking when the template requests are rendered with handles them (tools also
+    through a built-in template for the model's family, tool_templates.py)."""
+    if details.pooling_type == "rank":
+        return ["rerank"]  # a cross-encoder: it scores query–document pairs, it neither embeds nor completes
     if is_embedding_model(details):
         return ["embedding"]
     found = ["completion"]

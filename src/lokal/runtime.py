@@ -243,6 +243,28 @@ class Runtime:
         return EmbedResult(embeddings=vectors, prompt_eval_count=sum(map(len, token_lists)),
                            load_duration=load_ns, total_duration=time.perf_counter_ns() - started)
 
+    async def rerank_scores(self, model: str, query: str, documents: list[str],
+                            keep_alive: float | None = None) -> tuple[list[float], int]:
+        """A reranker's (rank pooling) relevance score for each document against ``query``, and the number of
+        tokens it read: one sequence per document, formatted as llama-server's /rerank does, batched into as
+        few decodes as the context allows."""
+        async with self.using(model, keep_alive=keep_alive) as loaded:
+            engine = loaded.engine
+            if not getattr(engine, "is_reranker", False):
+                raise UnsupportedCapability(f'model "{model}" is not a reranker (rank pooling)')
+            limit = loaded.config.num_ctx
+            query_tokens = engine.tokenize(query, add_special=False, parse_special=False)
+            token_lists = []
+            for document in documents:
+                pair = engine.rerank_input(query_tokens, engine.tokenize(document, add_special=False,
+                                                                         parse_special=False))
+                if len(pair) > limit:
+                    raise BadRequest(f"query and document {len(token_lists)} are {len(pair)} tokens together, "
+                                     f"more than the context length {limit}")
+                token_lists.append(pair)
+            scores = await asyncio.to_thread(engine.rerank, token_lists)
+            return scores, sum(map(len, token_lists))
+
     @asynccontextmanager
     async def using(self, model: str, options: dict[str, Any] | None = None,
                     keep_alive: float | None = None) -> AsyncIterator[LoadedModel]:

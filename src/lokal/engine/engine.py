@@ -15,7 +15,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from lokal.engine.config import EngineConfig
 from lokal.engine.detok import Detokenizer
@@ -199,6 +199,24 @@ class Engine:
 
     def embed(self, token_lists: Sequence[Sequence[int]], normalize: bool = True) -> list[list[float]]:
         """One vector per token list, computed on the engine thread between steps (blocks the caller)."""
+        if self._runner.is_reranker:
+            raise UnsupportedCapability("this model is a reranker (rank pooling): it scores query–document "
+                                        "pairs with /api/rerank or /v1/rerank, it does not embed")
+        return self._pooled(token_lists, lambda lists: self._runner.embed(lists, normalize))
+
+    @property
+    def is_reranker(self) -> bool:
+        return self._runner.is_reranker
+
+    def rerank_input(self, query: Sequence[int], document: Sequence[int]) -> list[int]:
+        """The token list ``rerank`` scores for a query–document pair (both tokenized without specials)."""
+        return self._runner.rerank_input(query, document)
+
+    def rerank(self, token_lists: Sequence[Sequence[int]]) -> list[float]:
+        """A reranker's relevance score for each ``rerank_input`` list, on the engine thread (blocks)."""
+        return self._pooled(token_lists, self._runner.rerank)
+
+    def _pooled(self, token_lists: Sequence[Sequence[int]], run: Callable[[list[list[int]]], list[Any]]) -> list[Any]:
         lists = [list(tokens) for tokens in token_lists]
         for tokens in lists:
             if not tokens:
@@ -208,11 +226,11 @@ class Engine:
                 raise ContextOverflow(f"an input is {len(tokens)} tokens but the context holds {self.config.num_ctx}")
         if not lists:
             return []
-        result: Future[list[list[float]]] = Future()
+        result: Future[list[Any]] = Future()
 
         def job() -> None:
             try:
-                result.set_result(self._runner.embed(lists, normalize))
+                result.set_result(run(lists))
             except BaseException as exc:
                 result.set_exception(exc)
 

@@ -486,8 +486,39 @@ class Runner:
 
     # ---- embeddings (engine thread) ---------------------------------------------------------------------
 
+    @property
+    def is_reranker(self) -> bool:
+        """Rank pooling: a cross-encoder whose pooled output is its classification head's score."""
+        arch = self.metadata.get("general.architecture", "")
+        return self.metadata.get(f"{arch}.pooling_type") == str(llama.LLAMA_POOLING_TYPE_RANK)
+
+    def rerank_input(self, query: Sequence[int], document: Sequence[int]) -> list[int]:
+        """One query–document pair as llama-server's rerank formats it for a model without a rerank template:
+        [BOS] query [EOS] [SEP] document [EOS], each special token only where the vocabulary adds it (for
+        BERT: [CLS] query [SEP] document [SEP]); EOS falls back to SEP where the vocabulary has none."""
+        eos = llama.llama_vocab_eos(self._vocab)
+        sep = llama.llama_vocab_sep(self._vocab)
+        eos = sep if eos == llama.LLAMA_TOKEN_NULL else eos
+        add_eos = bool(llama.llama_vocab_get_add_eos(self._vocab))
+        tokens = [llama.llama_vocab_bos(self._vocab)] if self.add_bos else []
+        tokens += query
+        tokens += [eos] if add_eos else []
+        tokens += [sep] if llama.llama_vocab_get_add_sep(self._vocab) else []
+        tokens += document
+        tokens += [eos] if add_eos else []
+        return tokens
+
+    def rerank(self, token_lists: Sequence[Sequence[int]]) -> list[float]:
+        """The relevance score of each formatted pair (``rerank_input``): the rank-pooled output."""
+        return [vector[0] for vector in self._pooled(token_lists)]
+
     def embed(self, token_lists: Sequence[Sequence[int]], normalize: bool = True) -> list[list[float]]:
         """One vector per token list, pooled as the model says (mean for decoder models that don't say)."""
+        vectors = self._pooled(token_lists)
+        return [_normalized(v) for v in vectors] if normalize else vectors
+
+    def _pooled(self, token_lists: Sequence[Sequence[int]]) -> list[list[float]]:
+        """The pooled output of each token list, as many lists in one decode as the context holds."""
         self._open_embedding_context(max(len(tokens) for tokens in token_lists))
         vectors: list[list[float]] = []
         group: list[Sequence[int]] = []
@@ -499,7 +530,7 @@ class Runner:
             group.append(tokens)
             num_tokens += len(tokens)
         vectors += self._embed_group(group)
-        return [_normalized(v) for v in vectors] if normalize else vectors
+        return vectors
 
     def _open_embedding_context(self, longest: int) -> None:
         # A context of its own: embeddings need pooling (fixed when a context is made) and every token of a
@@ -540,12 +571,14 @@ class Runner:
         status = llama.llama_decode(self._embed_ctx, batch)
         if status != 0:
             raise LokalError(f"llama_decode failed with status {status} while embedding")
+        # Rank pooling yields the classification head's outputs (one score for a reranker), not a vector.
+        width = llama.llama_model_n_cls_out(self._model) if self.is_reranker else self.n_embd
         vectors = []
         for seq_id in range(len(group)):
             pooled = llama.llama_get_embeddings_seq(self._embed_ctx, seq_id)
             if not pooled:
                 raise LokalError("llama.cpp returned no pooled embedding for this model")
-            vectors.append(pooled[:self.n_embd])
+            vectors.append(pooled[:width])
         return vectors
 
     def _close_embedding_context(self) -> None:
