@@ -365,7 +365,7 @@ class Engine:
         for chunk in plan.chunks:
             request = chunk.request
             self.num_draft_proposed += len(chunk.draft)
-            self.num_draft_accepted += chunk.num_accepted
+            self.num_draft_accepted += max(chunk.num_accepted, 0)  # -1: even the real token is computed again
             if chunk.is_prefill:
                 request.prompt_eval_ns += elapsed
             else:
