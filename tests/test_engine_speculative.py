@@ -64,13 +64,23 @@ def test_greedy_output_with_guessing_equals_the_plain_llama_cpp_loop(smollm2_pat
     assert speculative.num_draft_accepted - before >= 2
 
 
-def test_only_plain_greedy_requests_guess(speculative):
+def test_sampled_requests_guess_and_penalized_greedy_or_grammar_ones_do_not(speculative, smollm2_path):
     tokens = speculative.tokenize(COPY_PROMPT)
-    for sampling in (SamplingOptions(temperature=0.7, seed=1, num_predict=16),
-                     SamplingOptions(temperature=0, repeat_penalty=1.2, num_predict=16)):
+    for sampling, grammar in ((SamplingOptions(temperature=0, repeat_penalty=1.2, num_predict=16), None),
+                              (SamplingOptions(temperature=0, num_predict=16), 'root ::= "The" [a-z ]*')):
         before = speculative.num_draft_accepted
-        run(speculative, tokens, sampling)
+        sink = SyncSink()
+        speculative.submit(tokens, sampling, grammar=grammar, sink=sink)
+        list(sink)
         assert speculative.num_draft_accepted == before
+    # A sampled request keeps each token the model samples where it equals the guess: under one seed, the
+    # answer of an engine that never guesses.
+    sampling = SamplingOptions(temperature=0.3, seed=11, num_predict=24)
+    before = speculative.num_draft_accepted
+    ids, _ = run(speculative, tokens, sampling)
+    assert speculative.num_draft_accepted > before
+    with Engine(smollm2_path, EngineConfig(num_ctx=512, num_parallel=2)) as plain:
+        assert run(plain, tokens, sampling)[0] == ids
 
 
 def test_num_predict_and_stop_strings_hold_with_guessing(speculative):

@@ -64,11 +64,11 @@ def test_syntax_case_quotes_and_repeats() -> None:
                    'MESSAGE user "  spaced  "\n'
                    'message Assistant """two\nlines"""\n'
                    'LICENSE MIT\nLICENSE """Apache\n2.0"""\n'
-                   'ADAPTER ./lora.gguf\nREQUIRES 0.5.0\n')
+                   'ADAPTER ./lora.gguf\nREQUIRES 0.5.0\ndraft smollm2:135m\n')
     assert parsed == Modelfile(
         from_="./model.gguf", parameters=(("stop", "<|im_end|>"), ("stop", "</s>"), ("use_mmap", False)),
         messages=(("user", "  spaced  "), ("assistant", "two\nlines")), licenses=("MIT", "Apache\n2.0"),
-        adapters=("./lora.gguf",), requires="0.5.0")
+        adapters=("./lora.gguf",), requires="0.5.0", draft="smollm2:135m")
     assert parsed.parameter_dict() == {"stop": ["<|im_end|>", "</s>"], "use_mmap": False}
 
 
@@ -84,6 +84,8 @@ def test_syntax_case_quotes_and_repeats() -> None:
     ('FROM a\nSYSTEM "x" y\n', 2, "unexpected text after the closing quote"),
     ("FROM a\nFROM b\n", 2, "a second FROM"),
     ("FROM\n", 1, "FROM needs a value"),
+    ("FROM a\nDRAFT b\nDRAFT c\n", 3, "a second DRAFT"),
+    ("FROM a\nDRAFT\n", 2, "DRAFT needs a value"),
 ])
 def test_errors_name_the_line(text: str, line: int, fragment: str) -> None:
     with pytest.raises(ModelfileError) as caught:
@@ -125,6 +127,7 @@ _modelfiles = st.builds(
     messages=st.lists(st.tuples(st.sampled_from(MESSAGE_ROLES), _block_text), max_size=3).map(tuple),
     requires=st.none() | _path,
     files=st.lists(_path, max_size=2).map(tuple),
+    draft=st.none() | _path,
 )
 
 

@@ -63,7 +63,7 @@ class FakeEngine:
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
         return list(text.encode())
 
-    def submit(self, tokens, sampling, *, grammar=None, sink) -> FakeHandle:
+    def submit(self, tokens, sampling, *, grammar=None, logprobs=None, sink) -> FakeHandle:
         self.num_submitted += 1
         handle = FakeHandle(self)
         sink.attach(handle)

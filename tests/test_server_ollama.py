@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import ollama
 import pytest
@@ -135,6 +137,32 @@ def test_copy_then_delete(client, reference):
     with pytest.raises(ollama.ResponseError) as missing:
         client.delete("my-copy")
     assert missing.value.status_code == 404
+
+
+def test_delete_removes_the_prompt_cache_of_weights_no_model_uses(client, live_server):
+    from lokal.store.store import Store
+
+    client.create("q8-cached", from_=MODEL, quantize="q8_0")  # weights of its own
+    client.copy(MODEL, "cached-copy")  # weights shared with MODEL
+    for name in ("q8-cached", "cached-copy"):
+        client.generate(name, COUNTING, raw=True, options=GREEDY)
+    store = Store(live_server.models)
+    blob_of = {name: "sha256-" + store.get(name).manifest.layer("model").digest.removeprefix("sha256:")
+               for name in ("q8-cached", MODEL)}
+
+    def caches(name: str) -> list[Path]:
+        return [folder for folder in store.kvcache_dir.glob(blob_of[name] + "-*") if any(folder.glob("*.kv"))]
+
+    client.generate("q8-cached", "", keep_alive=0)  # Ollama's way to unload: its idle KV goes to disk
+    for _ in range(300):
+        if "q8-cached:latest" not in {model.model for model in client.ps().models}:
+            break
+        time.sleep(0.1)
+    assert caches("q8-cached")
+    client.delete("cached-copy")  # unloads it: its KV goes to disk for MODEL, which keeps the weights
+    assert caches(MODEL)
+    client.delete("q8-cached")  # nothing uses its weights any more: their blob and prompt cache go
+    assert not list(store.kvcache_dir.glob(blob_of["q8-cached"] + "*")) and caches(MODEL)
 
 
 def test_create_with_system_and_parameters(client, reference):

@@ -10,7 +10,7 @@ import numpy as np
 import ollama
 import openai
 import pytest
-from server_fixture import MODEL, NUM_PREDICT, live_server, model_store, reference  # noqa: F401
+from server_fixture import MODEL, NUM_PREDICT, live_server, pull_models, reference  # noqa: F401
 
 GREEDY = {"temperature": 0, "num_predict": NUM_PREDICT}
 WEATHER = {"type": "function", "function": {
@@ -25,6 +25,15 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 # A Modelfile-style TEMPLATE over SmolLM2 that opens a think block when thinking is asked for.
 THINK_TEMPLATE = ("{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
                   "<|im_start|>assistant\n{{ if .Think }}<think>\n{{ end }}")
+
+
+EMBEDDER = "all-minilm"  # rerank by cosine similarity needs an embedding model
+
+
+@pytest.fixture(scope="module")
+def model_store(tmp_path_factory):
+    """The bundled SmolLM2, and all-minilm (converted from its pip package's safetensors) for rerank."""
+    return pull_models(tmp_path_factory.mktemp("models"), MODEL, EMBEDDER)
 
 
 @pytest.fixture(scope="module")
@@ -204,11 +213,11 @@ def test_tokenize_and_detokenize(live_server, reference):
 def test_rerank_by_cosine(live_server, ollama_client):
     documents = ["Paris is the capital of France.", "Bananas are yellow.", "France's capital city is Paris."]
     query = "What is the capital of France?"
-    vectors = np.array(ollama_client.embed(model=MODEL, input=[query, *documents]).embeddings)
+    vectors = np.array(ollama_client.embed(model=EMBEDDER, input=[query, *documents]).embeddings)
     cosine = [float(vectors[0] @ v / np.linalg.norm(vectors[0]) / np.linalg.norm(v)) for v in vectors[1:]]
     for path in ("/api/rerank", "/v1/rerank"):
         body = httpx.post(live_server.url + path, timeout=60, json={
-            "model": MODEL, "query": query, "documents": documents, "top_n": 2, "return_documents": True}).json()
+            "model": EMBEDDER, "query": query, "documents": documents, "top_n": 2, "return_documents": True}).json()
         expected = sorted(range(3), key=lambda i: -cosine[i])[:2]
         assert [r["index"] for r in body["results"]] == expected
         for result in body["results"]:
@@ -216,6 +225,9 @@ def test_rerank_by_cosine(live_server, ollama_client):
             assert result["document"]["text"] == documents[result["index"]]
     empty = httpx.post(live_server.url + "/v1/rerank", json={"model": MODEL, "query": "q", "documents": []}, timeout=60)
     assert empty.status_code == 400 and empty.json()["error"]["type"] == "invalid_request_error"
+    chat_model = httpx.post(live_server.url + "/api/rerank", json={"model": MODEL, "query": query,
+                                                                   "documents": documents}, timeout=60)
+    assert chat_model.status_code == 400 and "neither a reranker nor an embedding model" in chat_model.json()["error"]
 
 
 def test_null_means_unset(live_server, ollama_client):

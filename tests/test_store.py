@@ -335,3 +335,32 @@ def test_store_accepts_names_as_values(tmp_path: Path) -> None:
     assert store.get(ModelName.parse("SmolLM2:135m")).name == ModelName.parse("smollm2:135m")
     shutil.rmtree(store.root / "blobs")
     assert [entry.name.display for entry in store.list().models] == ["smollm2:135m"]  # listing needs no blobs
+
+
+def test_removing_a_model_removes_the_prompt_caches_of_the_weights_no_model_uses_any_more(tmp_path: Path) -> None:
+    store = Store(tmp_path / "models")
+    mine = put_model(store, "mine", b"my weights")
+    other = put_model(store, "other", b"other weights")
+    store.copy("mine", "mine-too")
+    (weights,) = [layer.digest for layer in mine.layers if layer.kind == "model"]
+    (other_weights,) = [layer.digest for layer in other.layers if layer.kind == "model"]
+    blob = "sha256-" + weights.removeprefix("sha256:")
+    adapter = "sha256-" + "ab" * 32  # a cache computed with an adapter nobody stores any more
+    caches = {
+        "mine": store.prompt_cache_dir([blob], "f16"),
+        "mine q8_0 KV": store.prompt_cache_dir([blob], "q8_0"),
+        "other": store.prompt_cache_dir(["sha256-" + other_weights.removeprefix("sha256:")], "f16"),
+        "other + gone adapter": store.prompt_cache_dir(["sha256-" + other_weights.removeprefix("sha256:"),
+                                                        adapter + "@1"], "f16"),
+        "not a cache lokal names": store.kvcache_dir / "notes",
+    }
+    for folder in caches.values():
+        folder.mkdir(parents=True)
+        (folder / "0123.kv").write_bytes(b"LKKV")
+
+    store.remove("mine")  # "mine-too" still uses the weights: their caches stay
+    assert all(folder.is_dir() for name, folder in caches.items() if name != "other + gone adapter")
+    assert not caches["other + gone adapter"].exists()
+    store.remove("mine-too")
+    assert not caches["mine"].exists() and not caches["mine q8_0 KV"].exists()
+    assert caches["other"].is_dir() and caches["not a cache lokal names"].is_dir()

@@ -238,9 +238,9 @@ class _Endpoints:
                adapters: dict[str, str] | None = None, template: str | None = None, system: str | None = None,
                license: str | list[str] | None = None, parameters: dict[str, Any] | None = None,
                messages: list[dict[str, Any]] | None = None, quantize: str | None = None,
-               knowledge: dict[str, str] | None = None, stream: bool = False) -> Any:
+               knowledge: dict[str, str] | None = None, draft: str | None = None, stream: bool = False) -> Any:
         body = _fields(model=model, files=files, adapters=adapters, template=template, system=system, license=license,
-                       knowledge=knowledge,
+                       knowledge=knowledge, draft=draft,
                        parameters=parameters, messages=messages, quantize=quantize, stream=stream)
         if from_ is not None:
             body["from"] = from_

@@ -156,7 +156,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LOKAL_PROMPT_CACHE", "512", "MiB of memory per model for idle requests' KV, kept for prompts that "
             "continue them (0: none).", int),
     Setting("LOKAL_DRAFT_NUM_PREDICT", "0", "Speculative decoding: most tokens guessed ahead per step by prompt "
-            "lookup (copying what followed the same words earlier), checked in the same decode (0: off).", int),
+            "lookup (copying what followed the same words earlier), or by a model's DRAFT model (8 when 0), "
+            "checked in the same decode (0: off).", int),
     Setting("LOKAL_KV_CACHE_TYPE", "f16", "KV cache element type: f16, q8_0 (half of f16's memory) or q4_0.",
             parse_kv_cache_type, "OLLAMA_KV_CACHE_TYPE"),
     Setting("LOKAL_FLASH_ATTENTION", "0", "Flash attention where llama.cpp supports it for the model.",

@@ -12,13 +12,14 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from lokal.config import physical_cores
-from lokal.errors import BadRequest, LokalError, StoreError
+from lokal.errors import BadRequest, LokalError, ModelLoadError, ModelNotFound, StoreError
 from lokal.modelfile import MAX_MODELFILE_BYTES, Modelfile, ModelfileError, parse
 from lokal.store.manifests import CONFIG_MEDIA_TYPE, LAYER_KINDS, Layer, Manifest, config_blob
 from lokal.store.names import ModelName
@@ -42,6 +43,7 @@ class CreateSpec:
     messages: list[dict[str, Any]] = field(default_factory=list)
     quantize: str | None = None
     knowledge: dict[str, str] | None = None  # (lokal) document name → digest of an uploaded FILE document
+    draft: str | None = None  # (lokal) DRAFT: a model in the store, or the digest of an uploaded GGUF
 
 
 def read_modelfile(path: Path) -> Modelfile:
@@ -92,6 +94,14 @@ def spec_from_modelfile(name: str, modelfile: Modelfile, folder: Path, add_blob:
             if not path.is_file():
                 raise BadRequest(f"FILE {value}: no such file (looked at {path})")
             spec.knowledge[value] = add_blob(path)
+    if modelfile.draft:
+        if _is_path(modelfile.draft, folder):
+            path = _local_file(modelfile.draft, folder, "DRAFT")
+            if path.is_dir():
+                raise BadRequest(f"DRAFT {modelfile.draft}: a folder; use a GGUF file or a model name")
+            spec.draft = add_blob(path)
+        else:
+            spec.draft = modelfile.draft
     if modelfile.adapters:
         spec.adapters = {}
         for value in modelfile.adapters:
@@ -143,14 +153,15 @@ def create_model(store: Store, spec: CreateSpec) -> Iterator[Progress]:
         return _create(store, name, spec, [], parameters, messages, quantize_type, None, safetensors, chunks)
     base_layers, base_params = _base_layers(store, spec)
     adapter_layers = _adapter_layers(store, spec.adapters, _model_layer(base_layers))
+    draft_layer = _draft_layer(store, spec.draft, _model_layer(base_layers))
     return _create(store, name, spec, base_layers, {**base_params, **parameters}, messages, quantize_type,
-                   adapter_layers, None, chunks)
+                   adapter_layers, None, chunks, draft_layer)
 
 
 def _create(store: Store, name: ModelName, spec: CreateSpec, layers: list[Layer], params: dict[str, Any],
             messages: list[dict[str, Any]] | None, quantize_type: int | None,
             adapter_layers: list[Layer] | None, safetensors: dict[str, Path] | None,
-            chunks: list[Any] | None) -> Iterator[Progress]:
+            chunks: list[Any] | None, draft_layer: Layer | None = None) -> Iterator[Progress]:
     from lokal.store.gguf_info import read_details
 
     with store.writing():  # no garbage collection may take the new blobs before the manifest names them
@@ -160,6 +171,7 @@ def _create(store: Store, name: ModelName, spec: CreateSpec, layers: list[Layer]
             yield Progress("converting model")
             layers = [_converted_layer(store, safetensors)]
             adapter_layers = _adapter_layers(store, spec.adapters, layers[0])
+            draft_layer = _draft_layer(store, spec.draft, layers[0])
         if quantize_type is not None:
             yield Progress(f"quantizing model to {spec.quantize.upper()}")  # type: ignore[union-attr]
             layers = _replace(layers, "model", [_quantized_layer(store, _model_layer(layers), quantize_type)])
@@ -173,6 +185,8 @@ def _create(store: Store, name: ModelName, spec: CreateSpec, layers: list[Layer]
             layers = _replace(layers, "params", [_text_layer(store, "params", json.dumps(params))] if params else [])
         if adapter_layers is not None:
             layers = _replace(layers, "adapter", adapter_layers)
+        if draft_layer is not None:
+            layers = _replace(layers, "draft", [draft_layer])
         if chunks is not None:
             from lokal.knowledge.build import embed_chunks
             from lokal.knowledge.index import DEFAULT_EMBED_MODEL
@@ -286,6 +300,48 @@ def _adapter_layers(store: Store, adapters: dict[str, str] | None, model: Layer)
     _check_adapter_shapes(store.blobs.path(model.digest), {name: _uploaded_blob(store, name, digest)
                                                            for name, digest in adapters.items()})
     return [Layer(LAYER_KINDS["adapter"], digest, store.blobs.size(digest)) for digest in adapters.values()]
+
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _draft_layer(store: Store, draft: str | None, model: Layer) -> Layer | None:
+    """DRAFT: the GGUF of a stored model (shared, not copied) or an uploaded one, checked to share the
+    model's vocabulary, since its guesses are token ids the model must read as its own."""
+    if not draft:
+        return None
+    if _DIGEST.fullmatch(draft):
+        path, digest, from_ = _uploaded_blob(store, "DRAFT", draft), draft, None
+        with open(store.blobs.plain_path(digest), "rb") as file:
+            if file.read(len(GGUF_MAGIC)) != GGUF_MAGIC:
+                raise BadRequest("DRAFT: the uploaded file is not a GGUF model")
+    else:
+        try:
+            stored = store.open(draft)
+        except ModelNotFound:
+            raise BadRequest(f'DRAFT {draft}: model "{draft}" not found; pull or create it first') from None
+        if stored.format != "gguf":
+            raise BadRequest(f"DRAFT {draft}: a draft model must be a GGUF model, not {stored.format}")
+        digest, from_ = _model_layer(stored.entry.manifest.layers).digest, stored.display
+    _check_draft_vocabulary(store.blobs.plain_path(model.digest), store.blobs.plain_path(digest), draft)
+    return Layer(LAYER_KINDS["draft"], digest, store.blobs.size(digest), from_=from_)
+
+
+def _check_draft_vocabulary(model_path: Path, draft_path: Path, draft: str) -> None:
+    from lokal.engine.config import EngineConfig
+    from lokal.engine.draft import check_same_vocabulary
+    from lokal.engine.llamacpp import Runner
+
+    vocabularies: list[Runner] = []
+    try:
+        for path in (model_path, draft_path):
+            vocabularies.append(Runner(str(path), EngineConfig(), vocab_only=True))
+        check_same_vocabulary(vocabularies[1], vocabularies[0])
+    except ModelLoadError as exc:
+        raise BadRequest(f"DRAFT {draft}: {exc.message}") from None
+    finally:
+        for vocabulary in vocabularies:
+            vocabulary.close()
 
 
 # What llama.cpp's convert_lora_to_gguf writes. ggml's CPU matrix multiply has no kernel for other types

@@ -8,6 +8,7 @@
     SYSTEM \"\"\"You are ...\"\"\"           triple quotes span lines
     TEMPLATE \"\"\"{{ .Prompt }}\"\"\"
     ADAPTER ./lora.gguf                a LoRA GGUF
+    DRAFT smollm2                      (lokal) a model of the same vocabulary that guesses ahead (a name or a GGUF)
     LICENSE \"\"\"...\"\"\"                 may repeat
     MESSAGE user Hello                 few-shot history; role is system, user, assistant or tool
     REQUIRES 0.5.0                     the server version the model needs
@@ -42,7 +43,8 @@ PARAMETER_TYPES: dict[str, type] = {
 REPEATABLE_PARAMETERS = {"stop"}
 # Spellings people write (the seed's ``context_length``), stored under the Ollama name.
 PARAMETER_ALIASES = {"context_length": "num_ctx", "num_threads": "num_thread", "max_tokens": "num_predict"}
-INSTRUCTIONS = ("from", "parameter", "template", "system", "adapter", "license", "message", "requires", "file")
+INSTRUCTIONS = ("from", "parameter", "template", "system", "adapter", "license", "message", "requires", "file",
+                "draft")
 
 
 class ModelfileError(BadRequest):
@@ -60,6 +62,7 @@ class Modelfile:
     messages: tuple[tuple[str, str], ...] = ()
     requires: str | None = None
     files: tuple[str, ...] = ()
+    draft: str | None = None
 
     def parameter_dict(self) -> dict[str, Any]:
         """The PARAMETERs as /api/create's ``parameters``: the last of each wins, ``stop`` collects a list."""
@@ -217,7 +220,7 @@ def _parse_instruction(cursor: _Cursor, instruction: str, line: int, fields: dic
         fields["messages"].append((role, cursor.value("MESSAGE")))
         return
     value = cursor.value(what)
-    if instruction in ("from", "adapter", "file") and not value:
+    if instruction in ("from", "adapter", "file", "draft") and not value:
         raise ModelfileError(f"line {line}: {what} needs a value")
     if instruction == "from":
         if fields.get("from_"):
@@ -225,6 +228,10 @@ def _parse_instruction(cursor: _Cursor, instruction: str, line: int, fields: dic
         fields["from_"] = value
     elif instruction in ("template", "system", "requires"):
         fields[instruction] = value
+    elif instruction == "draft":
+        if fields.get("draft"):
+            raise ModelfileError(f"line {line}: a second DRAFT; a model has one draft model")
+        fields["draft"] = value
     elif instruction == "adapter":
         fields["adapters"].append(value)
     elif instruction == "license":
@@ -267,6 +274,8 @@ def render(modelfile: Modelfile) -> str:
     if modelfile.system is not None:
         lines.append(f"SYSTEM {_block(modelfile.system)}")
     lines += [f"ADAPTER {quote(path)}" for path in modelfile.adapters]
+    if modelfile.draft is not None:
+        lines.append(f"DRAFT {quote(modelfile.draft)}")
     lines += [f"PARAMETER {name} {format_value(value)}" for name, value in modelfile.parameters]
     lines += [f"LICENSE {_block(text)}" for text in modelfile.licenses]
     lines += [f"MESSAGE {role} {quote(content)}" for role, content in modelfile.messages]

@@ -1,9 +1,13 @@
-"""Reranking documents against a query with an embedding model: the relevance score of a document is
-the cosine similarity of its embedding and the query's (the engine returns unit vectors, so a dot product).
+"""Reranking documents against a query. Which path a model takes depends on what it is:
 
-Reranker GGUFs (cross-encoders with rank pooling, e.g. bge-reranker) score a query–document pair in one
-pass instead; the engine does not run rank pooling yet, so such models are refused with a clear error
-rather than scored wrongly.
+- a reranker GGUF (a cross-encoder with rank pooling, e.g. ms-marco-MiniLM or bge-reranker imported from its
+  safetensors folder): each query–document pair is read in one pass, formatted as llama-server's /rerank does,
+  and its score is the model's classification head output (a logit: unbounded, higher is more relevant);
+- an embedding model (e.g. all-minilm): the cosine similarity of the document's embedding and the query's (the
+  engine returns unit vectors, so a dot product), in [-1, 1].
+
+A chat or completion model is refused (400): its pooled hidden states are not trained to compare texts, so
+scores from them would look plausible and mean little.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lokal.errors import BadRequest, UnsupportedCapability
+from lokal.store.gguf_info import is_embedding_model
 from lokal.types import EmbedRequest
 
 
@@ -35,11 +40,15 @@ async def rerank(runtime: Any, model: str, query: str, documents: list[str], top
         raise BadRequest("top_n must be at least 1")
     details = runtime.store.open(model).details
     if details.pooling_type == "rank":
-        raise UnsupportedCapability(f'model "{model}" is a reranker (rank pooling), which lokal does not run '
-                                    "yet; rerank with an embedding model such as all-minilm")
-    result = await runtime.embed(EmbedRequest(model=model, input=[query, *documents], keep_alive=keep_alive))
-    query_vector, *document_vectors = result.embeddings
-    scores = [sum(q * d for q, d in zip(query_vector, vector)) for vector in document_vectors]
+        scores, prompt_eval_count = await runtime.rerank_scores(model, query, documents, keep_alive)
+    elif not is_embedding_model(details):
+        raise UnsupportedCapability(f'model "{model}" is neither a reranker nor an embedding model; rerank with '
+                                    "a reranker or an embedding model such as all-minilm")
+    else:
+        result = await runtime.embed(EmbedRequest(model=model, input=[query, *documents], keep_alive=keep_alive))
+        query_vector, *document_vectors = result.embeddings
+        scores = [sum(q * d for q, d in zip(query_vector, vector)) for vector in document_vectors]
+        prompt_eval_count = result.prompt_eval_count
     ranked = sorted((Ranked(index, score) for index, score in enumerate(scores)),
                     key=lambda item: item.relevance_score, reverse=True)
-    return RerankResult(ranked[:top_n] if top_n else ranked, result.prompt_eval_count)
+    return RerankResult(ranked[:top_n] if top_n else ranked, prompt_eval_count)

@@ -28,7 +28,7 @@ from lokal.output import output_splitter, split_events
 from lokal.prompt import build_prompt
 from lokal.security.encryption import DECRYPTED
 from lokal.security.integrity import check_for_load
-from lokal.store.gguf_info import ModelDetails
+from lokal.store.gguf_info import ModelDetails, read_details
 from lokal.store.names import ModelName
 from lokal.store.onnx_layout import read_info as read_onnx_info
 from lokal.store.store import ModelEntry, Store
@@ -41,6 +41,7 @@ from lokal.types import (Done, EmbedRequest, EmbedResult, Event, GenerateRequest
 log = logging.getLogger("lokal.runtime")
 
 DEFAULT_NUM_CTX = 4096
+DRAFT_NUM_PREDICT = 8  # guesses per step of a DRAFT model, unless draft_num_predict says otherwise
 
 
 @dataclass
@@ -242,6 +243,28 @@ class Runtime:
         return EmbedResult(embeddings=vectors, prompt_eval_count=sum(map(len, token_lists)),
                            load_duration=load_ns, total_duration=time.perf_counter_ns() - started)
 
+    async def rerank_scores(self, model: str, query: str, documents: list[str],
+                            keep_alive: float | None = None) -> tuple[list[float], int]:
+        """A reranker's (rank pooling) relevance score for each document against ``query``, and the number of
+        tokens it read: one sequence per document, formatted as llama-server's /rerank does, batched into as
+        few decodes as the context allows."""
+        async with self.using(model, keep_alive=keep_alive) as loaded:
+            engine = loaded.engine
+            if not getattr(engine, "is_reranker", False):
+                raise UnsupportedCapability(f'model "{model}" is not a reranker (rank pooling)')
+            limit = loaded.config.num_ctx
+            query_tokens = engine.tokenize(query, add_special=False, parse_special=False)
+            token_lists = []
+            for document in documents:
+                pair = engine.rerank_input(query_tokens, engine.tokenize(document, add_special=False,
+                                                                         parse_special=False))
+                if len(pair) > limit:
+                    raise BadRequest(f"query and document {len(token_lists)} are {len(pair)} tokens together, "
+                                     f"more than the context length {limit}")
+                token_lists.append(pair)
+            scores = await asyncio.to_thread(engine.rerank, token_lists)
+            return scores, sum(map(len, token_lists))
+
     @asynccontextmanager
     async def using(self, model: str, options: dict[str, Any] | None = None,
                     keep_alive: float | None = None) -> AsyncIterator[LoadedModel]:
@@ -388,12 +411,22 @@ class Runtime:
             # Idle caches survive unloads and restarts here, keyed by the weights' and adapters' blobs and the
             # adapters' scales (KV depends on them, not on a manifest's parameters) and the KV element type (a
             # cache saved with one cannot be read into another).
-            prompt_cache_dir=str(self.store.root / "kvcache" / "-".join(
-                [stored.path.name, *(f"{path.name}@{scale:g}" for path, scale in adapters),
-                 self.settings.kv_cache_type])),
-            num_draft=self.settings.draft_num_predict if load.draft_num_predict is None else load.draft_num_predict,
+            prompt_cache_dir=str(self.store.prompt_cache_dir(
+                [stored.path.name, *(f"{path.name}@{scale:g}" for path, scale in adapters)],
+                self.settings.kv_cache_type)),
+            num_draft=self._num_draft(stored, load),
+            draft_model=str(stored.draft) if stored.draft and stored.format == "gguf" else "",
             adapters=tuple((str(path), scale) for path, scale in adapters),
         )
+
+    def _num_draft(self, stored: StoredModel, load: LoadOptions) -> int:
+        """Guesses per step: the request's or Modelfile's draft_num_predict, else LOKAL_DRAFT_NUM_PREDICT;
+        a model with a DRAFT guesses DRAFT_NUM_PREDICT unless one of those says otherwise (0 turns it off)."""
+        if load.draft_num_predict is not None:
+            return load.draft_num_predict
+        if stored.draft and not self.settings.draft_num_predict:
+            return DRAFT_NUM_PREDICT
+        return self.settings.draft_num_predict
 
     async def _open(self, model: str) -> StoredModel:
         """The stored model once its blobs pass the load-time integrity check (sizes always; the weights'
@@ -420,6 +453,9 @@ class Runtime:
                     weights = entry.size if stored.format == "onnx" else path.stat().st_size
                     memory = estimate_memory(weights, details.metadata,
                                              wanted.num_ctx * wanted.num_parallel, wanted.kv_cache_type).total
+                    if wanted.draft_model and wanted.num_draft:  # its weights and one sequence of KV
+                        memory += estimate_memory(stored.draft.stat().st_size, read_details(stored.draft).metadata,
+                                                  wanted.num_ctx, wanted.kv_cache_type).total
                     if await self._make_room(entry.name.display, memory):
                         started = time.perf_counter_ns()
                         model = await self._load(key, stored, wanted, memory)
@@ -466,7 +502,8 @@ class Runtime:
             raise ModelLoadError(f'failed to load model "{entry.name.display}": {exc}') from exc
         model = LoadedModel(key=key, entry=entry, engine=engine, details=stored.details, template=stored.chat_template,
                             config=config, memory=memory, format=model_format, device=device,
-                            files=(stored.path, *(adapter.path for adapter in stored.adapters)))
+                            files=(stored.path, *(adapter.path for adapter in stored.adapters),
+                                   *((stored.draft,) if config.draft_model else ())))
         self._loaded[key] = model
         return model
 

@@ -109,7 +109,9 @@ class LocalBackend:
 
     def create(self, name: str, modelfile: Path, quantize: str | None) -> Iterator[Any]:
         from lokal.create import create_model, read_modelfile, spec_from_modelfile
+        from lokal.engine import set_llama_logging
 
+        set_llama_logging(bool(self.settings.debug))  # quantizing and DRAFT checks load with llama.cpp: quiet
         parsed = read_modelfile(modelfile)
         with self.store.writing():  # the files added here must outlive any garbage collection until the manifest
             spec = spec_from_modelfile(name, parsed, modelfile.parent, self.store.blobs.add_file, quantize)

@@ -78,7 +78,8 @@ class HttpBackend:
         events = self.client.create(name, from_=spec.source, files=spec.files, adapters=spec.adapters,
                                     template=spec.template, system=spec.system, license=spec.license,
                                     parameters=spec.parameters, messages=spec.messages or None,
-                                    quantize=spec.quantize, knowledge=spec.knowledge, stream=True)
+                                    quantize=spec.quantize, knowledge=spec.knowledge, draft=spec.draft,
+                                    stream=True)
         for event in events:
             yield Progress(status=event.get("status", ""), digest=event.get("digest"), total=event.get("total"),
                            completed=event.get("completed"))

@@ -1,9 +1,11 @@
 """A Hugging Face safetensors folder → one GGUF file, with the ``gguf`` package and numpy (no torch).
 
-Supported: BERT-family encoders (``BertModel``, sentence-transformers folders such as all-MiniLM-L6-v2) and
-LLaMA-family decoders (``LlamaForCausalLM``, SmolLM, …). The GGUF carries the weights (2-D matrices as f16,
-norms and biases as f32, as llama.cpp's own converter writes them), the hyperparameters llama.cpp reads,
-the tokenizer (vocabulary, merges, special tokens) and the chat template from ``tokenizer_config.json``.
+Supported: BERT-family encoders (``BertModel``, sentence-transformers folders such as all-MiniLM-L6-v2),
+BERT cross-encoders (``BertForSequenceClassification`` with one label: rerankers such as ms-marco-MiniLM, written
+with rank pooling and their classification head as llama.cpp's converter writes them) and LLaMA-family
+decoders (``LlamaForCausalLM``, SmolLM, …). The GGUF carries the weights (2-D matrices as f16, norms and biases
+as f32, as llama.cpp's own converter writes them), the hyperparameters llama.cpp reads, the tokenizer
+(vocabulary, merges, special tokens) and the chat template from ``tokenizer_config.json``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ BERT_ARCHITECTURES = {"BertModel", "BertForMaskedLM", "BertForSequenceClassifica
 LLAMA_ARCHITECTURES = {"LlamaForCausalLM", "LlamaModel", "MistralForCausalLM"}
 # Weights llama.cpp's BERT graph has no use for (pooling is done by llama.cpp, the MLM head is not run).
 _BERT_SKIPPED = ("embeddings.position_ids", "pooler.", "cls.")
+# A cross-encoder's head, as llama.cpp's rank pooling runs it: the pooler (dense + tanh on the [CLS] state) is
+# its `cls` tensor, the classifier (hidden → 1 score) its `cls.output`.
+_RERANK_HEAD = {"pooler.dense.weight": "cls.weight", "pooler.dense.bias": "cls.bias",
+                "classifier.weight": "cls.output.weight", "classifier.bias": "cls.output.bias"}
 
 
 class ConversionError(BadRequest):
@@ -46,6 +52,11 @@ def architecture_of(folder: Path) -> str:
         return "bert" if model_type == "bert" else "llama"
     raise ConversionError(f"{folder}: cannot convert a {', '.join(names) or model_type or 'unknown'} model; "
                           f"supported: BERT-family encoders and LLaMA-family decoders")
+
+
+def is_cross_encoder(config: dict[str, Any]) -> bool:
+    """A BERT with a sequence-classification head: a reranker, scored by llama.cpp's rank pooling."""
+    return "BertForSequenceClassification" in (config.get("architectures") or [])
 
 
 def convert(folder: Path, out: Path, progress: Callable[[int, int], None] | None = None) -> None:
@@ -102,6 +113,8 @@ def _required(config: dict[str, Any], key: str) -> Any:
 
 
 def _bert_parameters(writer: Any, config: dict[str, Any], folder: Path) -> None:
+    import gguf
+
     writer.add_context_length(_required(config, "max_position_embeddings"))
     writer.add_embedding_length(_required(config, "hidden_size"))
     writer.add_feed_forward_length(_required(config, "intermediate_size"))
@@ -109,7 +122,14 @@ def _bert_parameters(writer: Any, config: dict[str, Any], folder: Path) -> None:
     writer.add_head_count(_required(config, "num_attention_heads"))
     writer.add_layer_norm_eps(config.get("layer_norm_eps", 1e-12))
     writer.add_causal_attention(False)
-    writer.add_pooling_type(_pooling(folder))
+    if is_cross_encoder(config):
+        labels = config.get("id2label") or {"0": "LABEL_0"}
+        if config.get("num_labels", len(labels)) != 1:
+            raise ConversionError(f"{folder}: a sequence classifier with {len(labels)} labels is not a reranker; "
+                                  "only single-score cross-encoders (num_labels 1) are converted")
+        writer.add_pooling_type(gguf.PoolingType.RANK)
+    else:
+        writer.add_pooling_type(_pooling(folder))
 
 
 def _pooling(folder: Path) -> Any:
@@ -220,9 +240,13 @@ def _tensors(folder: Path, architecture: str, config: dict[str, Any]) -> Iterato
 
     arch = gguf.MODEL_ARCH.BERT if architecture == "bert" else gguf.MODEL_ARCH.LLAMA
     names = gguf.get_tensor_name_map(arch, _required(config, "num_hidden_layers"))
+    head = _RERANK_HEAD if architecture == "bert" and is_cross_encoder(config) else {}
     for file in sorted(folder.glob("*.safetensors")):
         for name, data in read_safetensors(file):
             source = name.removeprefix("bert.") if architecture == "bert" else name
+            if source in head:
+                yield head[source], _stored_type(head[source], data)
+                continue
             if architecture == "bert" and source.startswith(_BERT_SKIPPED):
                 continue
             if architecture == "llama" and "rotary_emb.inv_freq" in source:

@@ -24,7 +24,8 @@ class EngineConfig:
     prompt_cache: int = 512 << 20  # bytes of idle slots' KV parked in host memory for prefix reuse (kv.py)
     prefix_reuse: bool = True  # False: every prompt is computed in full (LOKAL_PREFIX_REUSE=0)
     prompt_cache_dir: str = ""  # where idle caches go when the engine closes and come from when it opens
-    num_draft: int = 0  # speculative decoding: most prompt-lookup guesses per step (draft.py); 0 off
+    num_draft: int = 0  # speculative decoding: most guesses per step (draft.py); 0 off
+    draft_model: str = ""  # a GGUF of the same vocabulary that makes the guesses; "" guesses by prompt lookup
     adapters: tuple[tuple[str, float], ...] = ()  # LoRA GGUFs with their scales, applied to every context
 
     def __post_init__(self) -> None:

@@ -1,17 +1,42 @@
-"""Prompt-lookup drafting for speculative decoding: guess the next tokens by copying what followed the last
-earlier occurrence of the sequence's final n-gram (in the prompt or the output so far).
+"""Drafting for speculative decoding: guessing a request's next tokens, which the engine computes together
+with the real next token in one decode, keeping the longest prefix the model itself samples (see
+``Runner.decode``). A wrong guess costs only the extra positions in that batch, never a different output.
 
-Rewriting a paragraph, editing code or quoting a document repeats long runs of the prompt, and there the
-guess is right most of the time. The engine computes the guesses together with the real next token in one
-decode and keeps the longest prefix the model agrees with (see ``Runner.decode``), so a wrong guess costs
-only the extra positions in that batch, never a different output.
+Two drafters:
+
+* ``PromptLookup`` copies what followed the last earlier occurrence of the sequence's final n-gram (in the
+  prompt or the output so far). Rewriting a paragraph, editing code or quoting a document repeats long runs
+  of the prompt, and there the guess is right most of the time. Free: no model runs.
+* ``DraftModel`` runs a smaller model of the same vocabulary (Modelfile ``DRAFT``) greedily ahead of the
+  target. It pays when the draft costs far less per token than the target and mostly agrees with it.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING, Protocol, Sequence
+
+from lokal.errors import LokalError, ModelLoadError
+
+log = logging.getLogger("lokal.engine")
+
+if TYPE_CHECKING:
+    from lokal.engine.config import EngineConfig
+    from lokal.engine.llamacpp import Runner
 
 NGRAM_SIZES = (3, 2)  # longest first: a longer match predicts better
+# A draft model's guess below this probability (its own) ends the draft: the target would most likely
+# refuse it, and each guess costs a draft decode.
+DRAFT_MIN_PROBABILITY = 0.5
+# Vocabularies of one family may differ by a few padding or added tokens at the end (llama.cpp allows 128).
+MAX_VOCAB_SIZE_DIFFERENCE = 128
+
+
+class Drafter(Protocol):
+    def draft(self, tokens: Sequence[int], max_tokens: int) -> list[int]:
+        """Up to ``max_tokens`` guesses for what follows ``tokens``; [] when there is no good guess."""
+        ...
 
 
 class PromptLookup:
@@ -24,7 +49,6 @@ class PromptLookup:
         self._num_indexed = 0
 
     def draft(self, tokens: Sequence[int], max_tokens: int) -> list[int]:
-        """Up to ``max_tokens`` guesses for what follows ``tokens``; [] when no n-gram recurs."""
         end = len(tokens)
         if max_tokens <= 0 or end < 2:
             return []
@@ -43,3 +67,68 @@ class PromptLookup:
             for i in range(max(self._num_indexed, n), end):
                 follows[tuple(tokens[i - n:i])] = i
         self._num_indexed = end
+
+
+class DraftModel:
+    """A second, smaller model that guesses greedily. One sequence of KV, shared by the engine's requests:
+    guesses are made while a single request generates (``Scheduler.draft_max_streams``), and the sequence
+    keeps the tokens it last computed, so a request's next guesses cost only its newest tokens.
+    Runs on the engine thread, like the target's runner."""
+
+    def __init__(self, path: str, config: EngineConfig, target: Runner):
+        from lokal.engine.llamacpp import Runner
+
+        # Its own context: one sequence of the target's context length; the target's batch, threads and
+        # KV type. No adapters (they are made for the target) and no prompt cache.
+        self._runner = Runner(path, replace(config, num_parallel=1, adapters=(), draft_model="",
+                                            prompt_cache_dir="", embedding=False))
+        try:
+            check_same_vocabulary(self._runner, target)
+        except BaseException:
+            self._runner.close()
+            raise
+        self._vocab_limit = target.n_vocab
+        self._cached: list[int] = []  # tokens whose KV the draft's sequence holds
+
+    def draft(self, tokens: Sequence[int], max_tokens: int) -> list[int]:
+        if max_tokens <= 0 or not tokens:
+            return []
+        num_cached = _common_prefix(self._cached, tokens)
+        try:
+            guesses = self._runner.guess(tokens, num_cached, max_tokens, DRAFT_MIN_PROBABILITY, self._vocab_limit)
+        except LokalError as exc:  # no guesses is always a correct answer; the target decodes on without
+            log.warning("the draft model failed, this step decodes without guesses: %s", exc)
+            self._cached = []
+            return []
+        self._cached = list(tokens) + guesses[:-1]
+        return guesses
+
+    def close(self) -> None:
+        self._runner.close()
+        self._cached = []
+
+
+def check_same_vocabulary(draft: Runner, target: Runner) -> None:
+    """The draft's token ids must mean what the target's do. llama.cpp's own rule (common/speculative.cpp):
+    the same BOS (when added) and EOS, sizes within ``MAX_VOCAB_SIZE_DIFFERENCE``, and the same text for
+    every id both have from 5 on."""
+    if (draft.add_bos, draft.eos) != (target.add_bos, target.eos) or (target.add_bos and draft.bos != target.bos):
+        raise ModelLoadError(f"the DRAFT model's BOS/EOS tokens ({draft.bos}/{draft.eos}) are not the model's "
+                             f"({target.bos}/{target.eos}); a draft model must share the model's vocabulary")
+    if abs(draft.n_vocab - target.n_vocab) > MAX_VOCAB_SIZE_DIFFERENCE:
+        raise ModelLoadError(f"the DRAFT model has {draft.n_vocab} tokens, the model {target.n_vocab}; a draft "
+                             f"model must share the model's vocabulary")
+    for token in range(5, min(draft.n_vocab, target.n_vocab)):
+        if draft.token_text(token) != target.token_text(token):
+            raise ModelLoadError(f"the DRAFT model's token {token} is {draft.token_text(token)!r}, the model's "
+                                 f"is {target.token_text(token)!r}; a draft model must share the model's vocabulary")
+
+
+def _common_prefix(cached: list[int], tokens: Sequence[int]) -> int:
+    if len(cached) <= len(tokens) and cached == list(tokens[:len(cached)]):
+        return len(cached)  # the usual case: the request went on from where the draft left it
+    n = min(len(cached), len(tokens))
+    for i in range(n):
+        if cached[i] != tokens[i]:
+            return i
+    return n

@@ -15,11 +15,11 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from lokal.engine.config import EngineConfig
 from lokal.engine.detok import Detokenizer
-from lokal.engine.draft import PromptLookup
+from lokal.engine.draft import DraftModel, Drafter, PromptLookup
 from lokal.engine.kv import SlotTable
 from lokal.engine.kv_files import load_prefixes, save_prefixes
 from lokal.engine.llamacpp import Runner
@@ -79,7 +79,9 @@ class Engine:
         self._close_reason = ""
         self._thread_name = f"lokal-engine-{model_path.rsplit('/', 1)[-1]}"
         self._worker: threading.Thread | None = None  # the thread stepping requests; None while idle
-        self.num_draft_accepted = 0  # speculative decoding: guessed tokens the model confirmed, all requests
+        self.num_draft_proposed = 0  # speculative decoding: tokens guessed, all requests
+        self.num_draft_accepted = 0  # … and those the model confirmed
+        self._draft_model: DraftModel | None = None
         ready: Future[Runner] = Future()
         loader = threading.Thread(target=self._load, args=(model_path, ready), daemon=True, name=self._thread_name)
         loader.start()
@@ -168,15 +170,8 @@ class Engine:
         if grammar and sampling.ignore_eos:
             sampling = replace(sampling, ignore_eos=False)  # a grammar says where the output ends
         sampler = self._runner.new_sampler(sampling, grammar, prompt)
-        # Guessing ahead is for plain greedy requests (a guess is checked against the logits' clear leader, see
-        # Runner.decode); sampled, penalized and grammar-constrained ones decode one token per step. So do
-        # requests for logprobs: a guessed position's logits come from the batched kernels, which round
-        # differently, and its logprobs would differ in the last digits from the one-token step's.
-        is_plain_greedy = (sampling.temperature <= 0 and not grammar and sampling.repeat_penalty == 1.0
-                           and sampling.frequency_penalty == 0.0 and sampling.presence_penalty == 0.0)
-        may_draft = self.config.num_draft and is_plain_greedy and logprobs is None
         request = Request(tokens=prompt, sampling=sampling, sink=sink, sampler=sampler,
-                          drafter=PromptLookup() if may_draft else None, num_top_logprobs=logprobs,
+                          drafter=self._drafter_for(sampling, grammar, logprobs), num_top_logprobs=logprobs,
                           detok=Detokenizer(self._runner.output_piece, sampling.stop))
         handle = Handle(self, request)
         sink.attach(handle)
@@ -188,8 +183,40 @@ class Engine:
             self._ensure_worker()
         return handle
 
+    def _drafter_for(self, sampling: SamplingOptions, grammar: str | None, logprobs: int | None) -> Drafter | None:
+        """Who guesses ahead for a request (speculative decoding), if anyone. Not grammar-constrained ones
+        (a guess would have to pass the grammar too), nor greedy ones with penalties: a greedy guess is
+        checked against the raw logits' clear leader (see Runner.decode), which penalties move. Nor requests
+        for logprobs: a guessed position's logits come from the batched kernels, which round differently,
+        and its logprobs would differ in the last digits from the one-token step's."""
+        if not self.config.num_draft or grammar or logprobs is not None:
+            return None
+        has_penalties = (sampling.repeat_penalty != 1.0 or sampling.frequency_penalty != 0.0
+                         or sampling.presence_penalty != 0.0)
+        if sampling.temperature <= 0 and has_penalties:
+            return None
+        return self._draft_model or PromptLookup()
+
     def embed(self, token_lists: Sequence[Sequence[int]], normalize: bool = True) -> list[list[float]]:
         """One vector per token list, computed on the engine thread between steps (blocks the caller)."""
+        if self._runner.is_reranker:
+            raise UnsupportedCapability("this model is a reranker (rank pooling): it scores query–document "
+                                        "pairs with /api/rerank or /v1/rerank, it does not embed")
+        return self._pooled(token_lists, lambda lists: self._runner.embed(lists, normalize))
+
+    @property
+    def is_reranker(self) -> bool:
+        return self._runner.is_reranker
+
+    def rerank_input(self, query: Sequence[int], document: Sequence[int]) -> list[int]:
+        """The token list ``rerank`` scores for a query–document pair (both tokenized without specials)."""
+        return self._runner.rerank_input(query, document)
+
+    def rerank(self, token_lists: Sequence[Sequence[int]]) -> list[float]:
+        """A reranker's relevance score for each ``rerank_input`` list, on the engine thread (blocks)."""
+        return self._pooled(token_lists, self._runner.rerank)
+
+    def _pooled(self, token_lists: Sequence[Sequence[int]], run: Callable[[list[list[int]]], list[Any]]) -> list[Any]:
         lists = [list(tokens) for tokens in token_lists]
         for tokens in lists:
             if not tokens:
@@ -199,11 +226,11 @@ class Engine:
                 raise ContextOverflow(f"an input is {len(tokens)} tokens but the context holds {self.config.num_ctx}")
         if not lists:
             return []
-        result: Future[list[list[float]]] = Future()
+        result: Future[list[Any]] = Future()
 
         def job() -> None:
             try:
-                result.set_result(self._runner.embed(lists, normalize))
+                result.set_result(run(lists))
             except BaseException as exc:
                 result.set_exception(exc)
 
@@ -262,6 +289,13 @@ class Engine:
         except BaseException as exc:
             ready.set_exception(exc)
             return
+        if self.config.draft_model and self.config.num_draft and not self.config.embedding:
+            try:
+                self._draft_model = DraftModel(self.config.draft_model, self.config, runner)
+            except BaseException as exc:
+                runner.close()
+                ready.set_exception(exc)
+                return
         slots = SlotTable(self.config.num_parallel, runner, self.config.prompt_cache,
                           reuse_prefix=self.config.prefix_reuse)
         if self.config.prompt_cache_dir and self.config.prefix_reuse and not self.config.embedding:
@@ -314,10 +348,10 @@ class Engine:
                 self._step(runner)
 
     def _step(self, runner: Runner) -> None:
+        started = time.perf_counter_ns()  # planning included: a draft model guesses there
         plan = self._scheduler.plan()
         if not plan.chunks:
             return
-        started = time.perf_counter_ns()
         try:
             sampled = runner.decode(plan.chunks)
         except LokalError as exc:
@@ -330,6 +364,7 @@ class Engine:
         next_sampled = iter(sampled)
         for chunk in plan.chunks:
             request = chunk.request
+            self.num_draft_proposed += len(chunk.draft)
             self.num_draft_accepted += chunk.num_accepted
             if chunk.is_prefill:
                 request.prompt_eval_ns += elapsed
@@ -426,6 +461,8 @@ class Engine:
                               self.config.prompt_cache)
             except LokalError as exc:  # a slot's KV could not be read: that cache is simply lost
                 log.warning("prompt cache not written: %s", exc)
+        if self._draft_model is not None:
+            self._draft_model.close()
         runner.close()
 
     def _check_tokens(self, tokens: list[int]) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 
 from lokal.config import physical_cores
 from lokal.engine.logprobs import token_logprob
+from lokal.engine.pages import anonymous_mappings, release_zeroed_pages
 from lokal.errors import BadRequest, LokalError, ModelLoadError
 from lokal.types import SamplingOptions
 
@@ -68,7 +69,8 @@ def _load_mode(use_mmap: bool, use_mlock: bool) -> int:
 
 
 class Runner:
-    def __init__(self, model_path: str, config: EngineConfig):
+    def __init__(self, model_path: str, config: EngineConfig, vocab_only: bool = False):
+        """``vocab_only``: read the vocabulary and metadata, no weights and no context (to inspect a model)."""
         if not os.path.isfile(model_path):
             raise ModelLoadError(f"model file not found: {model_path}")
         self.config = config
@@ -89,6 +91,7 @@ class Runner:
         params.n_gpu_layers = config.num_gpu
         params.load_mode = _load_mode(config.use_mmap, config.use_mlock)
         params.use_extra_bufts = extra_buffers_are_safe()
+        params.vocab_only = vocab_only
         self._model = llama.llama_model_load_from_file(model_path.encode(), params)
         if not self._model:
             raise ModelLoadError(f"llama.cpp could not load {model_path} (not a GGUF model it supports?)")
@@ -103,6 +106,8 @@ class Runner:
         self.add_bos = bool(llama.llama_vocab_get_add_bos(self._vocab))
         # Every end-of-generation token (EOS, EOT, end-of-turn, …), for ignore_eos to ban.
         self.eog_ids = [t for t in range(self.n_vocab) if llama.llama_vocab_is_eog(self._vocab, t)]
+        if vocab_only:
+            return
         self._adapters = self._load_adapters(config.adapters)
         if not config.embedding:
             self._open_generation_context()
@@ -146,6 +151,10 @@ class Runner:
                 n = llama.llama_token_to_piece(self._vocab, token, buffer, -n, 0, special)
             piece = cache[token] = buffer.raw[:n]
         return piece
+
+    def token_text(self, token: int) -> bytes:
+        """The vocabulary's own text of a token (uncached: for comparing whole vocabularies)."""
+        return llama.llama_vocab_get_text(self._vocab, token) or b""
 
     def output_piece(self, token: int) -> bytes:
         """A generated token as the output shows it: control tokens written out (as Ollama does), so that
@@ -291,7 +300,7 @@ class Runner:
         params.flash_attn_type = (llama.LLAMA_FLASH_ATTN_TYPE_AUTO if config.flash_attention
                                   else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         params.type_k = params.type_v = _KV_CACHE_GGML_TYPES[config.kv_cache_type]
-        mapped_before = _anonymous_mappings()
+        mapped_before = anonymous_mappings()
         self._ctx = llama.llama_init_from_model(self._model, params)
         if not self._ctx and config.kv_cache_type != "f16":
             # A quantized V cache needs flash attention, which llama.cpp may not run for this model (or it is
@@ -304,7 +313,7 @@ class Runner:
             raise ModelLoadError(f"llama.cpp could not create a context of {params.n_ctx} tokens")
         self._apply_adapters(self._ctx)
         self._memory = llama.llama_get_memory(self._ctx)
-        self.num_released_bytes = _release_zeroed_pages(mapped_before)
+        self.num_released_bytes = release_zeroed_pages(mapped_before)
         self._batch = llama.llama_batch_init(config.batch_size, 0, 1)
         # Views over the batch's C arrays, so a step fills whole runs with one slice assignment.
         size = config.batch_size
@@ -331,10 +340,11 @@ class Runner:
         """Compute one step's chunks in one llama_decode; sample the chunks that reach their request's last
         token (in plan order) and return each one's tokens. llama_sampler_sample also accepts each token.
 
-        A chunk with a draft (guessed next tokens; greedy requests only) gets logits at every guess too: take
-        the argmax at the real last token, and while it equals the next guess, take the argmax at that guess.
-        A batch of several tokens runs llama.cpp's blocked matrix kernels, which round differently from the
-        one-token path: so a token is only taken where its logit leads the runner-up by ``CLEAR_MARGIN``, far
+        A chunk with a draft (guessed next tokens) gets logits at every guess too: sample at the real last
+        token, and while that equals the next guess, sample at that guess. Each token is thus drawn from the
+        model's own distribution given the tokens before it, as without guessing. For greedy requests a batch
+        of several tokens runs llama.cpp's blocked matrix kernels, which round differently from the one-token
+        path: so a greedy token is only taken where its logit leads the runner-up by ``CLEAR_MARGIN``, far
         beyond that rounding; at a closer call the step stops there and the next step computes that position
         alone, exactly as decoding one token at a time would. The KV of the rejected guesses is dropped."""
         if self._ctx is None:
@@ -373,8 +383,9 @@ class Runner:
                 self._note_logprob(chunk, index, sampled[id(chunk)][0])
                 continue
             out: list[int] = []
+            is_greedy = chunk.request.sampling.temperature <= 0
             for i in range(len(chunk.draft) + 1):
-                if not self._is_clear(index + i):
+                if is_greedy and not self._is_clear(index + i):
                     chunk.request.needs_exact_step = True
                     break
                 token = self._sample(sampler, index + i)
@@ -401,6 +412,44 @@ class Runner:
         logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx, index), shape=(self.n_vocab,))
         top_two = np.partition(logits, -2)[-2:]
         return float(top_two[1] - top_two[0]) >= CLEAR_MARGIN
+
+    def guess(self, tokens: Sequence[int], num_cached: int, max_tokens: int, min_probability: float,
+              vocab_limit: int) -> list[int]:
+        """Speculative decoding's draft model (a runner of one sequence): its KV holds ``tokens[:num_cached]``;
+        compute the rest, then guess up to ``max_tokens`` next tokens greedily, each from the one before. Stops
+        before a guess whose probability is below ``min_probability`` (the target would likely refuse it),
+        that ends generation or that the target's vocabulary (``vocab_limit`` ids) lacks. Afterwards the KV
+        holds ``tokens`` and every guess but the last."""
+        memory, size = self._memory, self.config.batch_size
+        num_cached = min(num_cached, len(tokens) - 1)  # the last token's logits are computed here
+        if not llama.llama_memory_seq_rm(memory, 0, num_cached, -1):
+            llama.llama_memory_seq_rm(memory, 0, -1, -1)
+            num_cached = 0
+        pending, position, guesses = list(tokens[num_cached:]), num_cached, []
+        while True:
+            for start in range(0, len(pending), size):
+                part = pending[start:start + size]
+                n = len(part)
+                self._batch_tokens[:n] = part
+                self._batch_pos[:n] = range(position, position + n)
+                self._batch_logits[:n] = self._no_logits[:n]
+                self._batch_logits[n - 1] = 1
+                for i in range(n):
+                    self._batch_seq_ids[i][0] = 0
+                self._batch.n_tokens = n
+                status = llama.llama_decode(self._ctx, self._batch)
+                if status != 0:
+                    raise LokalError(f"llama_decode failed with status {status} in the draft model")
+                position += n
+            logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx, -1), shape=(self.n_vocab,))
+            token = int(np.argmax(logits))
+            probability = 1.0 / float(np.exp(logits - logits[token]).sum())
+            if probability < min_probability or token >= vocab_limit or self.is_eog(token):
+                return guesses
+            guesses.append(token)
+            if len(guesses) == max_tokens:
+                return guesses
+            pending = [token]
 
     def trim(self, slot: int, keep: int) -> int:
         """Drop slot ``slot``'s KV from position ``keep`` on; returns how many positions stay cached."""
@@ -437,8 +486,39 @@ class Runner:
 
     # ---- embeddings (engine thread) ---------------------------------------------------------------------
 
+    @property
+    def is_reranker(self) -> bool:
+        """Rank pooling: a cross-encoder whose pooled output is its classification head's score."""
+        arch = self.metadata.get("general.architecture", "")
+        return self.metadata.get(f"{arch}.pooling_type") == str(llama.LLAMA_POOLING_TYPE_RANK)
+
+    def rerank_input(self, query: Sequence[int], document: Sequence[int]) -> list[int]:
+        """One query–document pair as llama-server's rerank formats it for a model without a rerank template:
+        [BOS] query [EOS] [SEP] document [EOS], each special token only where the vocabulary adds it (for
+        BERT: [CLS] query [SEP] document [SEP]); EOS falls back to SEP where the vocabulary has none."""
+        eos = llama.llama_vocab_eos(self._vocab)
+        sep = llama.llama_vocab_sep(self._vocab)
+        eos = sep if eos == llama.LLAMA_TOKEN_NULL else eos
+        add_eos = bool(llama.llama_vocab_get_add_eos(self._vocab))
+        tokens = [llama.llama_vocab_bos(self._vocab)] if self.add_bos else []
+        tokens += query
+        tokens += [eos] if add_eos else []
+        tokens += [sep] if llama.llama_vocab_get_add_sep(self._vocab) else []
+        tokens += document
+        tokens += [eos] if add_eos else []
+        return tokens
+
+    def rerank(self, token_lists: Sequence[Sequence[int]]) -> list[float]:
+        """The relevance score of each formatted pair (``rerank_input``): the rank-pooled output."""
+        return [vector[0] for vector in self._pooled(token_lists)]
+
     def embed(self, token_lists: Sequence[Sequence[int]], normalize: bool = True) -> list[list[float]]:
         """One vector per token list, pooled as the model says (mean for decoder models that don't say)."""
+        vectors = self._pooled(token_lists)
+        return [_normalized(v) for v in vectors] if normalize else vectors
+
+    def _pooled(self, token_lists: Sequence[Sequence[int]]) -> list[list[float]]:
+        """The pooled output of each token list, as many lists in one decode as the context holds."""
         self._open_embedding_context(max(len(tokens) for tokens in token_lists))
         vectors: list[list[float]] = []
         group: list[Sequence[int]] = []
@@ -450,7 +530,7 @@ class Runner:
             group.append(tokens)
             num_tokens += len(tokens)
         vectors += self._embed_group(group)
-        return [_normalized(v) for v in vectors] if normalize else vectors
+        return vectors
 
     def _open_embedding_context(self, longest: int) -> None:
         # A context of its own: embeddings need pooling (fixed when a context is made) and every token of a
@@ -491,12 +571,14 @@ class Runner:
         status = llama.llama_decode(self._embed_ctx, batch)
         if status != 0:
             raise LokalError(f"llama_decode failed with status {status} while embedding")
+        # Rank pooling yields the classification head's outputs (one score for a reranker), not a vector.
+        width = llama.llama_model_n_cls_out(self._model) if self.is_reranker else self.n_embd
         vectors = []
         for seq_id in range(len(group)):
             pooled = llama.llama_get_embeddings_seq(self._embed_ctx, seq_id)
             if not pooled:
                 raise LokalError("llama.cpp returned no pooled embedding for this model")
-            vectors.append(pooled[:self.n_embd])
+            vectors.append(pooled[:width])
         return vectors
 
     def _close_embedding_context(self) -> None:
@@ -549,68 +631,6 @@ def _free_sampler(sampler: Sampler) -> None:
     llama.llama_sampler_free(sampler.chain)
     if sampler.grammar:
         llama.llama_sampler_free(sampler.grammar)
-
-
-# ---- memory that is not used yet ----------------------------------------------------------------------------
-#
-# llama.cpp zero-fills the KV cache when it makes a context, which makes every page of it resident: slots ×
-# context × layers × K and V widths, 360 MiB for SmolLM2 at 4 slots × 4096 tokens, although an idle server
-# holds none of it and most chats use a fraction. Pages of private anonymous memory handed back with
-# MADV_DONTNEED read as zeros again, exactly what was there, and come back one by one only when a cell is
-# written. So the KV costs what the cached tokens use, growing on demand up to the full size.
-
-_MADV_DONTNEED = 4
-_MIN_RELEASE = 64 << 20  # larger than any malloc arena heap: only the big buffers a context allocates
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-
-
-def _anonymous_mappings() -> set[tuple[int, int]]:
-    """(start, end) of this process's private anonymous read-write mappings, as /proc/self/maps lists them."""
-    ranges = set()
-    try:
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                fields = line.split()
-                if len(fields) == 5 and fields[1] == "rw-p":  # no path: anonymous
-                    start, end = (int(part, 16) for part in fields[0].split("-"))
-                    ranges.add((start, end))
-    except OSError:
-        pass
-    return ranges
-
-
-def _release_zeroed_pages(before: set[tuple[int, int]]) -> int:
-    """Hand back the all-zero 2 MiB pieces of address ranges mapped since ``before`` (large ones only: what
-    the new context allocated; never a byte that was mapped before, which another engine may be using).
-    Returns the bytes released."""
-    old = sorted(before)
-    released = 0
-    piece = 2 << 20
-    for start, end in sorted(_anonymous_mappings() - before):
-        for new_start, new_end in _subtract(start, end, old):
-            new_start = -(-new_start // piece) * piece
-            if new_end - new_start < _MIN_RELEASE:
-                continue
-            for at in range(new_start, new_end - piece + 1, piece):
-                if not np.frombuffer((ctypes.c_uint8 * piece).from_address(at), dtype=np.uint64).any():
-                    if _libc.madvise(at, piece, _MADV_DONTNEED) == 0:
-                        released += piece
-    return released
-
-
-def _subtract(start: int, end: int, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The parts of [start, end) outside every range in ``ranges`` (sorted)."""
-    parts, at = [], start
-    for old_start, old_end in ranges:
-        if old_end <= at or old_start >= end:
-            continue
-        if old_start > at:
-            parts.append((at, old_start))
-        at = max(at, old_end)
-    if at < end:
-        parts.append((at, end))
-    return parts
 
 
 def _read_string(getter: Callable[[object, int, ctypes.Array, int], int], model: object, index: int) -> str:

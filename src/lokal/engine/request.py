@@ -12,7 +12,7 @@ from lokal.engine.detok import Detokenizer
 from lokal.types import DoneReason, Logprob, SamplingOptions
 
 if TYPE_CHECKING:
-    from lokal.engine.draft import PromptLookup
+    from lokal.engine.draft import Drafter
     from lokal.engine.stream import Sink
 
 _request_ids = count(1)
@@ -25,7 +25,7 @@ class Request:
     sink: Sink
     detok: Detokenizer
     sampler: Any  # the runner's handle for this request's C sampler chain; the runner frees it
-    drafter: PromptLookup | None = None  # speculative decoding's guesser; None: one token per step
+    drafter: Drafter | None = None  # speculative decoding's guesser; None: one token per step
     needs_exact_step: bool = False  # a guessed step stopped at a close call: compute the next one without guesses
     num_top_logprobs: int | None = None  # None: no log-probabilities; n: each token's and its n likeliest
     num_prompt_tokens: int = 0

@@ -30,7 +30,8 @@ class Scheduler:
                  draft_max_streams: int = 1):
         """``num_draft``: most guessed tokens a generating request may add to a step (speculative decoding),
         while at most ``draft_max_streams`` requests are generating: past that the batch already keeps the
-        cores busy and guesses would only add work."""
+        cores busy and guesses would only add work. The guesses come from the request's ``drafter``; a DRAFT
+        model's run here, on the engine thread, so planning such a step is not free."""
         if num_batch < len(slots.slots):
             # Generating streams go first; with fewer tokens than slots, prompts could wait forever.
             raise ValueError("num_batch must be at least the number of slots")

@@ -358,7 +358,7 @@ async def create(body: wire.CreateRequest, request: Request) -> Response:
         name=body.model, source=body.from_, files=body.files, adapters=body.adapters, template=body.template,
         system=body.system, license=body.license, parameters=body.parameters,
         messages=[{"role": m.role, "content": m.content} for m in body.messages or []], quantize=body.quantize,
-        knowledge=body.knowledge)
+        knowledge=body.knowledge, draft=body.draft)
     return await respond_progress(request, body.stream, lambda: create_model(runtime.store, spec))
 
 

@@ -169,6 +169,10 @@ class CreateRequest(ModelRequest):
     """Quantize the weights to this type (q4_0, q4_1, q5_0, q5_1, q8_0, q4_k_m, q4_k_s, …)."""
     knowledge: dict[str, str] | None = None
     """(lokal) Knowledge documents (name → blob digest of a text, Markdown or PDF file), a Modelfile's FILEs."""
+    draft: str | None = None
+    """(lokal) A Modelfile's DRAFT: the model that guesses ahead for speculative decoding, a model name in the
+    store or the digest (sha256:<hex>) of a GGUF uploaded with /api/blobs; it must share the model's
+    vocabulary."""
     stream: bool = True
     """Stream progress objects (default) or answer once at the end."""
 

@@ -52,7 +52,8 @@ class RerankDocument(WireModel):
 
 class RerankRequest(WireModel):
     model: str = Field(min_length=1)
-    """An embedding model (e.g. all-minilm); documents are scored by cosine similarity to the query."""
+    """A reranker (rank pooling: its classification head scores each query–document pair) or an embedding model
+    (e.g. all-minilm: documents are scored by the cosine similarity of their embeddings to the query's)."""
     query: str
     """What the documents are ranked against."""
     documents: list[str | RerankDocument] = Field(min_length=1)

@@ -28,6 +28,7 @@ LAYER_KINDS: dict[str, str] = {
     "adapter": "application/vnd.ollama.image.adapter",
     "projector": "application/vnd.ollama.image.projector",
     "knowledge": "application/vnd.lokal.image.knowledge",
+    "draft": "application/vnd.lokal.image.draft",  # the GGUF of a DRAFT model; ``from`` is how it was named
     "onnx": "application/vnd.lokal.image.onnx",  # one file of an ONNX model folder; ``from`` is its path
 }
 KIND_OF_MEDIA_TYPE = {media_type: kind for kind, media_type in LAYER_KINDS.items()}

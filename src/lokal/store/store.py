@@ -4,10 +4,11 @@
 
     <root>/blobs/sha256-<hex>                           content-addressed files (BlobStore)
     <root>/manifests/<host>/<namespace>/<model>/<tag>   one manifest per name
+    <root>/kvcache/sha256-<hex>[-…]/                     prompt caches on disk (engine/kv_files.py), by weights
 
 Pointing ``Store`` at ``~/.ollama/models`` lists and resolves the models Ollama pulled. A manifest is
 written last and atomically, so a name never points at half a model; removing a name garbage-collects
-the blobs no other manifest references.
+the blobs no other manifest references, and the prompt caches computed with them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -32,6 +35,8 @@ from lokal.store.names import ModelName
 from lokal.store.stored_model import Adapter, StoredModel
 
 logger = logging.getLogger(__name__)
+
+_BLOB_NAME = re.compile(r"sha256-([0-9a-f]{64})")
 
 
 @dataclass
@@ -76,6 +81,13 @@ class Store:
         self.root = Path(root).expanduser()
         self.blobs = BlobStore(self.root / "blobs", cipher)
         self.manifests_dir = self.root / "manifests"
+        self.kvcache_dir = self.root / "kvcache"  # one folder per weights (+ adapters) and KV type
+
+    def prompt_cache_dir(self, blobs: list[str], kv_cache_type: str) -> Path:
+        """Where a model's idle KV is written and read back (engine/kv_files.py): named by the blobs the KV
+        depends on (the weights first, then each adapter with its scale) and the KV element type, so a
+        cache is only ever read into the model that computed it, and goes when those blobs go."""
+        return self.kvcache_dir / "-".join([*blobs, kv_cache_type])
 
     @classmethod
     def from_settings(cls, settings: Any) -> Store:
@@ -174,6 +186,8 @@ class Store:
                 media_type_of("adapter"))),
             knowledge=tuple(self._layer_path(entry, layer) for layer in entry.manifest.layers_of(
                 media_type_of("knowledge"))),
+            draft=next((self._layer_path(entry, layer) for layer in entry.manifest.layers_of(
+                media_type_of("draft"))), None),
         )
 
     def exists(self, name: str | ModelName) -> bool:
@@ -295,9 +309,25 @@ class Store:
             referenced: set[str] = set()
             for entry in listing.models:
                 referenced |= entry.manifest.digests
-            return self.blobs.gc(referenced)
+            removed = self.blobs.gc(referenced)
+            self._remove_orphan_prompt_caches(referenced)
+            return removed
         finally:
             os.close(fd)
+
+    def _remove_orphan_prompt_caches(self, referenced: set[str]) -> None:
+        """Drop the prompt caches (``kvcache/``) computed with blobs no manifest references any more: the
+        weights they were computed with are gone, so nothing can ever read them again."""
+        kept = {digest.removeprefix("sha256:") for digest in referenced}
+        try:
+            folders = list(self.kvcache_dir.iterdir())
+        except OSError:
+            return  # no cache yet
+        for folder in folders:
+            digests = _BLOB_NAME.findall(folder.name)
+            if digests and not kept.issuperset(digests):
+                shutil.rmtree(folder, ignore_errors=True)
+                logger.info("removed the prompt cache %s: its model was deleted", folder.name)
 
     # -- layers ----------------------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ class StoredModel:
     messages: tuple[dict[str, Any], ...]
     adapters: tuple[Adapter, ...] = ()
     knowledge: tuple[Path, ...] = ()  # knowledge layer blobs (chunks with their embeddings)
+    draft: Path | None = None  # the GGUF of the DRAFT model that guesses ahead (speculative decoding)
     format: str = "gguf"
 
     @property
