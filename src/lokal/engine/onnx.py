@@ -216,6 +216,8 @@ class OnnxEngine:
         while True:
             request = self._queue.get()
             if request is None or self._is_closing:
+                if request is not None:  # taken off the queue as the model unloads: end it too
+                    _fail(request, Cancelled(self._close_reason))
                 break
             self._num_busy = 1
             try:
@@ -303,6 +305,8 @@ class OnnxEngine:
                 except queue.Empty:
                     break
                 if request is None or self._is_closing:
+                    if request is not None:  # taken off the queue as the model unloads: end it too
+                        _fail(request, Cancelled(self._close_reason))
                     break
                 self._begin(batcher, request)
             for running in list(batcher.running.values()):
