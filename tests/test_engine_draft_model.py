@@ -13,15 +13,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from engine_runs import run_to_end
 from server_fixture import pull_models
 
 from lokal.config import Settings
 from lokal.create import CreateSpec, create_model
-from lokal.engine import Engine, EngineConfig, SyncSink
+from lokal.engine import Engine, EngineConfig
 from lokal.errors import BadRequest, ModelLoadError
 from lokal.llm import LLM
 from lokal.store.store import Store
-from lokal.types import Done, SamplingOptions, Token
+from lokal.types import SamplingOptions
 
 PARAGRAPH = ("The quick brown fox jumps over the lazy dog. The dog sleeps under the old oak tree, while the fox "
              "runs back into the forest to find its family before the sun goes down.")
@@ -49,19 +50,6 @@ def models(tmp_path_factory) -> Path:
     return root
 
 
-def run(engine: Engine, tokens: list[int], sampling: SamplingOptions) -> tuple[list[int], Done]:
-    sink = SyncSink()
-    engine.submit(tokens, sampling, sink=sink)
-    ids, done = [], None
-    for event in sink:
-        if isinstance(event, Token):
-            ids += event.ids
-        else:
-            done = event
-    assert isinstance(done, Done)
-    return ids, done
-
-
 def test_the_draft_is_stored_shared_and_shown(models):
     store = Store(models)
     drafted, base = store.open("smol-drafted"), store.open("smollm2")
@@ -76,19 +64,19 @@ def test_greedy_output_with_the_draft_model_equals_the_plain_llama_cpp_loop(mode
     config = EngineConfig(num_ctx=512, num_parallel=2, num_draft=8, draft_model=str(stored.draft))
     with Engine(str(stored.path), config) as engine:
         tokens = engine.tokenize(COPY_PROMPT)
-        ids, done = run(engine, tokens, SamplingOptions(temperature=0, num_predict=NUM_PREDICT))
+        ids, done = run_to_end(engine, tokens, SamplingOptions(temperature=0, num_predict=NUM_PREDICT))
         assert engine.num_draft_accepted > 0
         assert engine.num_draft_proposed >= engine.num_draft_accepted
         # Sampled requests guess too: each token is still the target's own sample, so under one seed the
         # answer is the one decoding without guesses gives (below).
         accepted = engine.num_draft_accepted
-        sampled, _ = run(engine, tokens, SamplingOptions(temperature=0.3, seed=7, num_predict=24))
+        sampled, _ = run_to_end(engine, tokens, SamplingOptions(temperature=0.3, seed=7, num_predict=24))
         assert engine.num_draft_accepted > accepted
     expected = greedy_reference(str(stored.path), tokens, NUM_PREDICT)
     assert len(expected) >= 30, "the reference must produce enough tokens for the test to mean something"
     assert ids == expected and done.eval_count == len(expected) + (done.reason == "stop")  # EOS counts
     with Engine(str(stored.path), EngineConfig(num_ctx=512, num_parallel=2)) as plain:
-        assert run(plain, tokens, SamplingOptions(temperature=0.3, seed=7, num_predict=24))[0] == sampled
+        assert run_to_end(plain, tokens, SamplingOptions(temperature=0.3, seed=7, num_predict=24))[0] == sampled
 
 
 def test_a_model_with_a_draft_guesses_through_the_runtime_and_draft_num_predict_0_turns_it_off(models):

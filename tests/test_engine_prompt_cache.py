@@ -4,9 +4,11 @@ the engine that computed it would have."""
 
 from __future__ import annotations
 
-from lokal.engine import Engine, EngineConfig, SyncSink
+from engine_runs import run_to_end
+
+from lokal.engine import Engine, EngineConfig
 from lokal.engine.kv_files import load_prefixes, save_prefixes
-from lokal.types import Done, SamplingOptions, Token
+from lokal.types import Done, SamplingOptions
 
 TURN_1 = "<|im_start|>user\nList three fruits.<|im_end|>\n<|im_start|>assistant\n"
 TURN_2 = "<|im_end|>\n<|im_start|>user\nAnd three vegetables?<|im_end|>\n<|im_start|>assistant\n"
@@ -14,16 +16,7 @@ GREEDY = SamplingOptions(temperature=0, num_predict=12)
 
 
 def run(engine: Engine, tokens: list[int]) -> tuple[list[int], Done]:
-    sink = SyncSink()
-    engine.submit(tokens, GREEDY, sink=sink)
-    ids, done = [], None
-    for event in sink:
-        if isinstance(event, Token):
-            ids += event.ids
-        else:
-            done = event
-    assert isinstance(done, Done)
-    return ids, done
+    return run_to_end(engine, tokens, GREEDY)
 
 
 def test_files_round_trip_newest_first_within_the_budget(tmp_path):

@@ -5,29 +5,17 @@ and the same engine without guessing under a seed)."""
 from __future__ import annotations
 
 import pytest
+from engine_runs import run_to_end
 
 from lokal.engine import Engine, EngineConfig, SyncSink
 from lokal.engine.draft import PromptLookup
-from lokal.types import Done, SamplingOptions, Token
+from lokal.types import SamplingOptions, Token
 
 # Copy-heavy: the answer repeats the paragraph, so prompt lookup guesses most of it.
 PARAGRAPH = ("The quick brown fox jumps over the lazy dog. The dog sleeps under the old oak tree, while the fox "
              "runs back into the forest to find its family before the sun goes down.")
 COPY_PROMPT = (f"<|im_start|>user\nRepeat this paragraph exactly:\n{PARAGRAPH}<|im_end|>\n"
                "<|im_start|>assistant\n")
-
-
-def run(engine: Engine, tokens: list[int], sampling: SamplingOptions) -> tuple[list[int], Done]:
-    sink = SyncSink()
-    engine.submit(tokens, sampling, sink=sink)
-    ids, done = [], None
-    for event in sink:
-        if isinstance(event, Token):
-            ids += event.ids
-        else:
-            done = event
-    assert isinstance(done, Done)
-    return ids, done
 
 
 def test_prompt_lookup_copies_what_followed_the_last_occurrence():
@@ -57,7 +45,7 @@ def test_greedy_output_with_guessing_equals_the_plain_llama_cpp_loop(smollm2_pat
     expected = greedy_reference(smollm2_path, tokens, 48)
     assert len(expected) >= 40, "the reference must produce enough tokens for the test to mean something"
     before = speculative.num_draft_accepted
-    ids, done = run(speculative, tokens, SamplingOptions(temperature=0, num_predict=48))
+    ids, done = run_to_end(speculative, tokens, SamplingOptions(temperature=0, num_predict=48))
     assert ids == expected
     assert done.eval_count == len(expected)
     # Parts of the answer repeat the prompt or itself: those came out of accepted guesses.
@@ -77,20 +65,20 @@ def test_sampled_requests_guess_and_penalized_greedy_or_grammar_ones_do_not(spec
     # answer of an engine that never guesses.
     sampling = SamplingOptions(temperature=0.3, seed=11, num_predict=24)
     before = speculative.num_draft_accepted
-    ids, _ = run(speculative, tokens, sampling)
+    ids, _ = run_to_end(speculative, tokens, sampling)
     assert speculative.num_draft_accepted > before
     with Engine(smollm2_path, EngineConfig(num_ctx=512, num_parallel=2)) as plain:
-        assert run(plain, tokens, sampling)[0] == ids
+        assert run_to_end(plain, tokens, sampling)[0] == ids
 
 
 def test_num_predict_and_stop_strings_hold_with_guessing(speculative):
     tokens = speculative.tokenize(COPY_PROMPT)
-    ids, done = run(speculative, tokens, SamplingOptions(temperature=0, num_predict=5))
+    ids, done = run_to_end(speculative, tokens, SamplingOptions(temperature=0, num_predict=5))
     assert len(ids) == 5 and done.reason == "length" and done.eval_count == 5
     sink = SyncSink()
     speculative.submit(tokens, SamplingOptions(temperature=0, num_predict=48, stop=["lazy"]), sink=sink)
     text = "".join(event.text for event in sink if isinstance(event, Token))
-    whole, _ = run(speculative, tokens, SamplingOptions(temperature=0, num_predict=48))
+    whole, _ = run_to_end(speculative, tokens, SamplingOptions(temperature=0, num_predict=48))
     assert "lazy" in speculative.detokenize(whole)
     assert "lazy" not in text and speculative.detokenize(whole).startswith(text)
 
@@ -98,7 +86,7 @@ def test_num_predict_and_stop_strings_hold_with_guessing(speculative):
 def test_requests_for_logprobs_decode_one_token_per_step(speculative):
     # A guessed position's logits come from the batched kernels; one-token steps give the exact values.
     tokens = speculative.tokenize(COPY_PROMPT)
-    whole, _ = run(speculative, tokens, SamplingOptions(temperature=0, num_predict=24))
+    whole, _ = run_to_end(speculative, tokens, SamplingOptions(temperature=0, num_predict=24))
     before = speculative.num_draft_accepted
     sink = SyncSink()
     speculative.submit(tokens, SamplingOptions(temperature=0, num_predict=24), sink=sink, logprobs=1)

@@ -311,7 +311,8 @@ def _draft_layer(store: Store, draft: str | None, model: Layer) -> Layer | None:
     if not draft:
         return None
     if _DIGEST.fullmatch(draft):
-        path, digest, from_ = _uploaded_blob(store, "DRAFT", draft), draft, None
+        _uploaded_blob(store, "DRAFT", draft)  # present on the server, or a clear 400
+        digest, from_ = draft, None
         with open(store.blobs.plain_path(digest), "rb") as file:
             if file.read(len(GGUF_MAGIC)) != GGUF_MAGIC:
                 raise BadRequest("DRAFT: the uploaded file is not a GGUF model")
