@@ -174,7 +174,16 @@ class _InterruptOnFirstWrite:
         pass
 
 
-def test_ctrl_c_stops_the_answer_frees_the_slot_and_keeps_the_session(reference, monkeypatch):
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own Ctrl-C handler for the test: a suite started in the background (``make test &``)
+    inherits SIGINT ignored, and then Ctrl-C would do nothing, as it does for any background job."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_the_answer_frees_the_slot_and_keeps_the_session(reference, monkeypatch, ctrl_c_raises):
     session = ChatSession(reference)
     session.options = {"temperature": 0}
     interrupted = _InterruptOnFirstWrite()
@@ -197,8 +206,10 @@ def test_ctrl_c_stops_the_answer_frees_the_slot_and_keeps_the_session(reference,
 
 
 def spawn_repl(models_dir: Path, home: Path, model: str = "smollm2") -> pexpect.spawn:
+    # SIGINT back to its default in the child, as in a terminal, even when the suite runs as a background job
     child = pexpect.spawn(str(LOKAL), ["run", model], env=environment(models_dir, home), encoding="utf-8",
-                          timeout=180, dimensions=(40, 200))
+                          timeout=180, dimensions=(40, 200),
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     child.expect_exact(">>> ")
     return child
 
