@@ -375,7 +375,9 @@ def llama_server_binary(args: argparse.Namespace) -> str | None:
         return args.llama_server
     script = Path(__file__).with_name("build_llama_server.sh")
     log("llama-server: building it if it is not cached (≈10 minutes the first time)")
-    done = subprocess.run(["bash", str(script)], text=True, stdout=subprocess.PIPE, check=True)
+    # PYTHON: the script reads the installed llama-cpp-python's instruction sets to build the same kernels
+    done = subprocess.run(["bash", str(script)], text=True, stdout=subprocess.PIPE, check=True,
+                          env={**os.environ, "PYTHON": sys.executable})
     return done.stdout.strip().splitlines()[-1]
 
 
