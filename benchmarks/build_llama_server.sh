@@ -25,6 +25,7 @@ ISA_FLAGS=()
 for feature in AVX AVX2 AVX_VNNI F16C FMA BMI2 AVX512 AVX512_VBMI AVX512_VNNI AVX512_BF16 AMX_INT8; do
     if grep -q "\b$feature = 1" <<<"$FEATURES"; then ISA_FLAGS+=("-DGGML_$feature=ON"); else ISA_FLAGS+=("-DGGML_$feature=OFF"); fi
 done
+if [[ " ${ISA_FLAGS[*]} " == *" -DGGML_AMX_INT8=ON "* ]]; then ISA_FLAGS+=(-DGGML_AMX_TILE=ON); fi  # INT8 needs TILE
 if [[ -z "$FEATURES" ]]; then ISA_FLAGS=(-DGGML_NATIVE=ON); else ISA_FLAGS=(-DGGML_NATIVE=OFF "${ISA_FLAGS[@]}"); fi
 CPU_KEY="$( (grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || sysctl -n machdep.cpu.features 2>/dev/null || uname -m;
              echo "${ISA_FLAGS[*]}") | cksum | cut -d' ' -f1)"

@@ -46,6 +46,7 @@ import httpx
 from lokal.bench import BenchConfig, prompt_text, run_bench
 from lokal.bench_report import BenchReport, LevelStats, RequestResult, describe_machine, summarize
 from lokal.config import physical_cores
+from lokal.engine.llamacpp import extra_buffers_are_safe
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 MODEL = "smollm2"
@@ -389,6 +390,8 @@ def llama_server(binary: str, args: argparse.Namespace, workdir: Path) -> Any:
     command = [binary, "--model", model_path(), "--alias", MODEL, "--host", "127.0.0.1", "--port", str(port),
                "--threads", str(args.threads), "--threads-batch", str(args.threads), "--parallel", str(slots),
                "--ctx-size", str(args.num_ctx * slots), "--batch-size", "512", "--n-gpu-layers", "0"]
+    if not extra_buffers_are_safe():  # as lokal's engine: no repacked (AMX) weights where AMX faults in VMs
+        command.append("--no-repack")
     return started("llama-server", command, clean_env(), port, workdir)
 
 
