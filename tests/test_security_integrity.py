@@ -89,3 +89,27 @@ def test_cli_verify_names_the_tampered_blob(store_root, monkeypatch):
     assert tampered.exit_code == 1
     digest = Store(store_root).get(MODEL).manifest.layer("model").digest
     assert digest in tampered.output and "sha256 does not match" in tampered.output
+
+
+def test_a_model_served_before_is_checked_again_once_its_weights_change(store_root):
+    """Requests reuse an opened model while its files are unchanged; a byte flipped after the model served
+    (and while it is still loaded) is still caught on the next request."""
+    from lokal.runtime import Runtime
+
+    runtime = Runtime(Settings(environ={"LOKAL_MODELS": str(store_root), "LOKAL_KEEP_ALIVE": "-1"}))
+
+    async def generate() -> None:
+        async for _ in runtime.generate(GenerateRequest(model=MODEL, prompt="hi", options={"num_predict": 1})):
+            pass
+
+    async def scenario() -> None:
+        try:
+            await generate()
+            await generate()  # served from the opened model
+            flip_a_byte(weights_path(store_root), 4096)
+            with pytest.raises(IntegrityError):
+                await generate()
+        finally:
+            await runtime.close()
+
+    asyncio.run(scenario())

@@ -31,6 +31,7 @@ from lokal.security.integrity import check_for_load
 from lokal.store.gguf_info import ModelDetails, read_details
 from lokal.store.names import ModelName
 from lokal.store.onnx_layout import read_info as read_onnx_info
+from lokal.store.opened import OpenedModels
 from lokal.store.store import ModelEntry, Store
 from lokal.store.stored_model import StoredModel
 from lokal.templates import ChatTemplate
@@ -122,6 +123,7 @@ class Runtime:
         self.store = store or Store.from_settings(settings)
         self._open_engine = open_engine
         self._free_memory = free_memory
+        self._opened = OpenedModels(self.store)
         self._loaded: dict[str, LoadedModel] = {}
         self._lock = asyncio.Lock()  # serializes load/unload decisions
         # Signalled (under the same lock, so no wake-up is lost) when a model goes idle or unloads.
@@ -430,10 +432,18 @@ class Runtime:
 
     async def _open(self, model: str) -> StoredModel:
         """The stored model once its blobs pass the load-time integrity check (sizes always; the weights'
-        full sha256 when they changed since last verified, e.g. the first load after a pull), which runs off
-        the event loop since that hashes the whole file."""
-        await asyncio.to_thread(check_for_load, self.store, self.store.get(model))
-        return self.store.open(model)
+        full sha256 when they changed since last verified, e.g. the first load after a pull; off the event
+        loop, since that hashes the whole file). Reused while the model's files are unchanged."""
+        stored = self._opened.get(model)
+        if stored is not None:  # opened and checked before, and its files are unchanged since
+            return stored
+        entry = self.store.get(model)
+        files = self._opened.snapshot(entry)
+        await asyncio.to_thread(check_for_load, self.store, entry)
+        stored = self.store.open(model)
+        if stored.entry.digest == entry.digest:  # else the manifest changed under us: check it next time
+            self._opened.remember(model, stored, files)
+        return stored
 
     async def _acquire(self, name: ModelName, stored: StoredModel, load: LoadOptions) -> tuple[LoadedModel, int]:
         """The loaded model for this request (loading it if needed), marked busy. Returns load time in ns."""

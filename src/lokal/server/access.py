@@ -61,9 +61,10 @@ def note_event(event: Event) -> None:
         record.done = event
 
 
-def note_route(request: Request) -> None:
+async def note_route(request: Request) -> None:
     """An app-wide dependency: runs once routing has chosen a route, and names the request by its template
-    (FastAPI puts the route in the scope the endpoint sees; middleware further in may copy that scope)."""
+    (FastAPI puts the route in the scope the endpoint sees; middleware further in may copy that scope).
+    ``async`` because FastAPI runs a plain ``def`` dependency in a worker thread: a thread hop per request."""
     record = current_record.get()
     route = request.scope.get("route")
     if record is not None and route is not None:
