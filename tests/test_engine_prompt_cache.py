@@ -23,7 +23,8 @@ def test_files_round_trip_newest_first_within_the_budget(tmp_path):
     save_prefixes(tmp_path, [([1, 2, 3], b"a" * 100)], budget=1000)
     save_prefixes(tmp_path, [([4, 5], b"b" * 100)], budget=1000)
     loaded = load_prefixes(tmp_path, budget=1000)
-    assert [p.tokens for p in loaded] == [[4, 5], [1, 2, 3]] and loaded[1].saved == b"a" * 100
+    assert [p.tokens for p in loaded] == [[4, 5], [1, 2, 3]] and loaded[1].saved.read() == b"a" * 100
+    assert len(loaded[1].saved) == 100  # known without reading it: the KV stays on disk until a prompt reuses it
     assert [p.tokens for p in load_prefixes(tmp_path, budget=150)] == [[4, 5]]  # the reader keeps to its budget
     save_prefixes(tmp_path, [([6], b"c" * 800)], budget=1000)  # the writer too: the oldest file goes
     assert sorted(p.tokens[0] for p in load_prefixes(tmp_path, budget=10_000)) == [4, 6]
@@ -64,3 +65,26 @@ def test_a_cache_for_another_layout_is_ignored(smollm2_path, tmp_path):
         tokens = engine.tokenize(TURN_1)
         ids, done = run(engine, [1, 2, 3, 4] + tokens)  # llama.cpp refuses the state: computed from scratch
     assert ids and done.prompt_eval_count == len(tokens) + 4
+
+
+def test_a_cache_file_gone_before_its_prefix_is_reused_costs_only_the_recompute(smollm2_path, tmp_path):
+    cache = tmp_path / "cache"
+    config = EngineConfig(num_ctx=512, num_parallel=2, prompt_cache_dir=str(cache))
+    with Engine(smollm2_path, config) as engine:
+        turn_1 = engine.tokenize(TURN_1)
+        answer_1, _ = run(engine, turn_1)
+    with Engine(smollm2_path, config) as engine:  # it read the file names and tokens, not the KV
+        for path in cache.glob("*.kv"):
+            path.unlink()
+        ids, done = run(engine, turn_1)
+    assert ids == answer_1 and done.prompt_eval_count == len(turn_1)
+
+
+def test_unused_cached_prefixes_stay_on_disk_across_restarts(tmp_path):
+    """A prefix read at load and never reused is not rewritten at close: its file is kept, now the newest."""
+    save_prefixes(tmp_path, [([1, 2, 3], b"a" * 100)], budget=1000)
+    (prefix,) = load_prefixes(tmp_path, budget=1000)
+    before = prefix.saved.path.stat().st_mtime_ns
+    assert save_prefixes(tmp_path, [(prefix.tokens, prefix.saved)], budget=1000) == 0
+    assert prefix.saved.path.stat().st_mtime_ns >= before
+    assert [(p.tokens, p.saved.read()) for p in load_prefixes(tmp_path, budget=1000)] == [([1, 2, 3], b"a" * 100)]

@@ -301,7 +301,7 @@ class Engine:
         if self.config.prompt_cache_dir and self.config.prefix_reuse and not self.config.embedding:
             cached = load_prefixes(Path(self.config.prompt_cache_dir), self.config.prompt_cache)
             for prefix in reversed(cached):  # oldest first: the newest ends up the most recently used
-                slots.adopt(prefix.tokens, runner.saved_from_bytes(prefix.saved))
+                slots.adopt(prefix.tokens, prefix.saved)  # read from disk when a prompt reuses it
             if cached:
                 log.debug("prompt cache: %d cached prefixes read from %s", len(cached), self.config.prompt_cache_dir)
         self._scheduler = Scheduler(slots, self.config.batch_size, num_ctx=self.config.num_ctx,

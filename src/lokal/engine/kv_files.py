@@ -5,6 +5,9 @@ its new turn. One directory per model digest and KV layout (the runtime picks it
 per cached prefix: a small header, the token ids whose KV it holds, then llama.cpp's sequence state. The
 directory is bounded in bytes; the least recently written files go first. A file that is unreadable, for
 another model or layout, or that llama.cpp refuses is simply skipped: the prompt is then computed.
+
+Loading reads only each file's header and token ids: the KV itself (tens of MB for a long chat) stays on disk
+until a prompt reuses it (``KvFile.read``), so a restart with a full cache costs no memory up front.
 """
 
 from __future__ import annotations
@@ -25,10 +28,30 @@ _HEADER = struct.Struct("<4sII")  # magic, version, number of tokens
 SUFFIX = ".kv"
 
 
+class KvFile:
+    """One cached prefix's KV, still on disk: ``len()`` is its size, ``read()`` its bytes (None once the file
+    is gone or changed: the prompt is then computed)."""
+
+    def __init__(self, path: Path, offset: int, size: int):
+        self.path, self.offset, self.size = path, offset, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self) -> bytes | None:
+        try:
+            with open(self.path, "rb") as file:
+                file.seek(self.offset)
+                data = file.read(self.size + 1)
+        except OSError:
+            return None
+        return data if len(data) == self.size else None
+
+
 @dataclass
 class CachedPrefix:
     tokens: list[int]
-    saved: bytes
+    saved: KvFile
 
 
 def save_prefixes(directory: Path, prefixes: Sequence[tuple[Sequence[int], Sized]], budget: int) -> int:
@@ -40,11 +63,16 @@ def save_prefixes(directory: Path, prefixes: Sequence[tuple[Sequence[int], Sized
     try:
         directory.mkdir(parents=True, exist_ok=True)
         for tokens, saved in prefixes:
-            data = bytes(saved)  # type: ignore[call-overload]
-            if not tokens or len(data) > budget:
+            if not tokens or len(saved) > budget:
                 continue
             token_bytes = struct.pack(f"<{len(tokens)}i", *tokens)
             name = hashlib.sha256(token_bytes).hexdigest()[:32] + SUFFIX
+            if isinstance(saved, KvFile) and saved.path == directory / name:
+                os.utime(saved.path)  # read from here and never used: already written, now the newest
+                continue
+            data = saved.read() if isinstance(saved, KvFile) else bytes(saved)  # type: ignore[call-overload]
+            if data is None:
+                continue
             temporary = directory / (name + ".tmp")
             with open(temporary, "wb") as file:
                 file.write(_HEADER.pack(MAGIC, VERSION, len(tokens)))
@@ -71,13 +99,14 @@ def load_prefixes(directory: Path, budget: int) -> list[CachedPrefix]:
                 if magic != MAGIC or version != VERSION or num_tokens < 1:
                     continue
                 tokens = list(struct.unpack(f"<{num_tokens}i", file.read(4 * num_tokens)))
-                saved = file.read()
+                offset = file.tell()
+                size = os.fstat(file.fileno()).st_size - offset
         except (OSError, struct.error):
             continue
-        if not saved or total + len(saved) > budget:
+        if size <= 0 or total + size > budget:
             continue
-        total += len(saved)
-        result.append(CachedPrefix(tokens, saved))
+        total += size
+        result.append(CachedPrefix(tokens, KvFile(path, offset, size)))
     return result
 
 

@@ -21,6 +21,7 @@ import llama_cpp as llama
 import numpy as np
 
 from lokal.config import physical_cores
+from lokal.engine.kv_files import KvFile
 from lokal.engine.logprobs import token_logprob
 from lokal.engine.pages import anonymous_mappings, release_zeroed_pages
 from lokal.errors import BadRequest, LokalError, ModelLoadError
@@ -473,12 +474,14 @@ class Runner:
             raise LokalError(f"saving the KV of slot {slot} wrote {written} of {size} bytes")
         return saved
 
-    def saved_from_bytes(self, data: bytes) -> ctypes.Array:
-        """KV read back from disk, in the form ``restore_slot`` takes."""
-        return (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-
-    def restore_slot(self, slot: int, saved: ctypes.Array) -> bool:
-        """Copy KV saved by ``save_slot`` into slot ``slot`` (emptied first); False when it finds no room."""
+    def restore_slot(self, slot: int, saved: ctypes.Array | KvFile) -> bool:
+        """Copy KV saved by ``save_slot`` (or cached on disk) into slot ``slot`` (emptied first); False when
+        it finds no room, or the file is gone."""
+        if isinstance(saved, KvFile):
+            data = saved.read()
+            if data is None:
+                return False
+            saved = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         if llama.llama_state_seq_set_data(self._ctx, saved, len(saved), slot) == 0:
             llama.llama_memory_seq_rm(self._memory, slot, -1, -1)
             return False
