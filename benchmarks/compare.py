@@ -137,7 +137,7 @@ class DecodeLoop:
         params.n_batch = n_batch
         params.n_ubatch = 512
         params.n_seq_max = concurrency
-        params.kv_unified = True
+        params.kv_unified = False  # a KV stream per sequence, as lokal's engine and llama-server run
         params.n_threads = params.n_threads_batch = self.num_threads
         params.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_DISABLED  # lokal's default
         params.no_perf = True
@@ -334,7 +334,8 @@ def bench(server: Server, args: argparse.Namespace, extra_body: dict[str, Any] |
           scenario: str = "both") -> BenchReport:
     config = BenchConfig(model=MODEL, base_url=server.url, concurrency=args.concurrency, num_requests=args.requests,
                          prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens, ignore_eos=True,
-                         api="completions", scenario=scenario,  # type: ignore[arg-type] num_turns=args.turns,
+                         api="completions", scenario=scenario,  # type: ignore[arg-type]
+                         num_turns=args.turns,
                          turn_tokens=args.turn_tokens, answer_tokens=args.answer_tokens, extra_body=extra_body or {})
     report = run_bench(config, progress=lambda message: log(f"{server.name}: {message}"))
     for level in report.levels:
@@ -581,7 +582,8 @@ def markdown(m: Measurements, args: argparse.Namespace) -> str:
     run_times = ", ".join(f"{t:.2f}" for t in m.run_cold_seconds)
     lines += ["", "Idle RSS after loading SmolLM2, in this run's configuration: "
               + ", ".join(f"{name} {value:.0f} MiB" for name, value in m.rss_mb.items())
-              + f"; lokal serve with default settings: {m.lokal_default_rss_mb:.0f} MiB.",
+              + f"; lokal serve with default settings, restarted over this run's prompt cache: "
+              f"{m.lokal_default_rss_mb:.0f} MiB.",
               f"`lokal run smollm2 \"hi\"`, fresh process, end to end: median "
               f"{statistics.median(m.run_cold_seconds):.2f} s of {run_times} s (the answer is sampled, so its length "
               "varies).", ""]
