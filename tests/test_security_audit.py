@@ -148,3 +148,19 @@ def test_cli_verify_tail_and_search(log_path, monkeypatch):
     tampered = runner.invoke(app, ["audit", "verify"])
     assert tampered.exit_code == 1
     assert "tampered" in tampered.output and "deleted" in tampered.output
+
+
+@pytest.mark.parametrize("record_bytes", [200, 150_000])  # lines shorter and longer than the block read from the end
+def test_appends_read_only_the_end_of_a_long_log_and_keep_the_chain(tmp_path, record_bytes):
+    from lokal.security.audit import TAIL_BLOCK
+
+    path = tmp_path / "audit.log"
+    log = AuditLog(path, fsync=False)
+    for index in range(4 * TAIL_BLOCK // record_bytes + 3):
+        log.append({"route": "POST /api/chat", "request": "x" * record_bytes, "n": index})
+    with open(path, "ab") as file:
+        file.write(b'{"seq":999,"prev":"' + b"y" * (2 * TAIL_BLOCK))  # torn, and longer than two blocks
+    appended = log.append({"route": "POST /api/generate"})
+    result = verify(path)
+    assert result.is_intact, result.problem
+    assert appended["seq"] == result.last_seq == result.num_lines

@@ -32,6 +32,7 @@ from typing import Any, Iterator
 from lokal.errors import StoreError
 
 GENESIS = "0" * 64
+TAIL_BLOCK = 64 * 1024  # bytes read at a time from the end of the log to find its last line
 
 
 def line_hash(line: bytes) -> str:
@@ -98,20 +99,14 @@ class AuditLog:
     def _last(self) -> tuple[int, str]:
         """(seq, hash) of the last complete line, cutting off a torn one a crash left behind."""
         for file in reversed(log_files(self.path)):
-            data = file.read_bytes()
-            if data and not data.endswith(b"\n"):
-                cut = data.rfind(b"\n") + 1
-                with open(file, "r+b") as handle:
-                    handle.truncate(cut)
-                data = data[:cut]
-            lines = data.splitlines()
-            if lines:
+            line = _last_line(file)
+            if line:
                 try:
-                    seq = int(json.loads(lines[-1])["seq"])
+                    seq = int(json.loads(line)["seq"])
                 except (ValueError, KeyError, TypeError):
                     raise StoreError(f"the audit log {file} ends with a line that is not an audit record; "
                                      f"run `lokal audit verify`") from None
-                return seq, line_hash(lines[-1])
+                return seq, line_hash(line)
         return 0, GENESIS
 
     def _write_line(self, line: bytes) -> None:
@@ -142,6 +137,28 @@ class AuditLog:
         except (ValueError, KeyError, TypeError):
             first_seq = 0
         os.replace(self.path, _rotated_name(self.path, first_seq))
+
+
+def _last_line(file: Path) -> bytes:
+    """The file's last complete line (without its newline), b"" if none; a torn last line (no newline: a
+    crash mid-write) is cut off the file first. Reads from the end, a block at a time, so appending costs the
+    same however long the log has grown (it is read on every request)."""
+    with open(file, "r+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        tail, start = b"", size
+        while start > 0:
+            start = max(0, start - TAIL_BLOCK)
+            handle.seek(start)
+            tail = handle.read(size - start)
+            complete = tail[:tail.rfind(b"\n") + 1]  # up to the last newline
+            if complete.count(b"\n") >= 2 or (complete and start == 0):
+                break
+        cut = tail.rfind(b"\n") + 1
+        if cut < len(tail):  # torn
+            handle.truncate(start + cut)
+            tail = tail[:cut]
+    lines = tail.splitlines()
+    return lines[-1] if lines else b""
 
 
 # ---- reading ------------------------------------------------------------------------------------------------

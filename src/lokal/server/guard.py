@@ -185,14 +185,41 @@ def effective_routes(app: Any) -> list[Any]:
     return routes
 
 
-def match_route(app: Any, scope: Scope) -> tuple[str | None, dict[str, Any]]:
+def match_route(app: Any, scope: Scope, routes: list[Any] | None = None) -> tuple[str | None, dict[str, Any]]:
     """(path template, path params) of the route that will serve this request; ``None`` when none matches
-    fully (the router then answers 404 or 405)."""
-    for route in effective_routes(app):
+    fully (the router then answers 404 or 405). ``routes``: the app's ``effective_routes``, if known."""
+    for route in routes if routes is not None else effective_routes(app):
         match, child = route.matches(scope)
         if match is Match.FULL:
             return getattr(route, "path", None), child.get("path_params", {})
     return None, {}
+
+
+class RouteTable:
+    """``match_route`` remembered per method and path. The app's routes are fixed once it serves, and trying
+    them all (some 60, FastAPI's lazy route groups expanded each time) was a good share of the work lokal
+    does per request. Only matches are remembered, at most ``MAX_ENTRIES``, so random paths cannot grow it."""
+
+    MAX_ENTRIES = 1024
+
+    def __init__(self, app: Any):
+        self._app = app
+        self._routes: list[Any] | None = None  # read at the first request, when every router is included
+        self._known: dict[tuple[str, str], tuple[str | None, dict[str, Any]]] = {}
+
+    def match(self, scope: Scope) -> tuple[str | None, dict[str, Any]]:
+        """As ``match_route``; the params dict is shared between requests: read it, never change it."""
+        key = (scope["method"], scope["path"])
+        found = self._known.get(key)
+        if found is None:
+            if self._routes is None:
+                self._routes = effective_routes(self._app)
+            found = match_route(self._app, scope, self._routes)
+            if found[0] is not None:
+                if len(self._known) >= self.MAX_ENTRIES:
+                    self._known.clear()
+                self._known[key] = found
+        return found
 
 
 @dataclass
@@ -248,6 +275,7 @@ class SecurityMiddleware:
     def __init__(self, app: ASGIApp, fastapi_app: FastAPI, policy: SecurityPolicy):
         self.app = app
         self.fastapi_app = fastapi_app
+        self.routes = RouteTable(fastapi_app)
         self.policy = policy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -255,7 +283,7 @@ class SecurityMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        template, path_params = match_route(self.fastapi_app, scope)
+        template, path_params = self.routes.match(scope)
         permission = permission_for(scope["method"], template) if template else None
         if permission is Permission.OPEN:
             await self.app(scope, receive, send)
