@@ -97,3 +97,31 @@ def test_requests_for_logprobs_decode_one_token_per_step(speculative):
     for token_id, entry in pairs:
         assert entry.piece == speculative.token_piece(token_id, special=True)
         assert entry.top_logprobs[0].logprob == entry.logprob <= 0
+
+
+def test_prompt_lookup_rests_longer_after_each_refused_draft_and_recovers_on_a_hit():
+    lookup = PromptLookup()
+    tokens = [1, 2, 3, 4, 5, 6, 1, 2, 3]
+    assert lookup.draft(tokens, 3) == [4, 5, 6]
+    lookup.judged(3, 0)  # refused: rest 1 step, then probe with a single guess
+    assert lookup.draft(tokens, 3) == []
+    assert lookup.draft(tokens, 3) == [4]
+    lookup.judged(1, 0)  # refused again: rest 2 steps
+    assert [lookup.draft(tokens, 3) for _ in range(3)] == [[], [], [4]]
+    lookup.judged(1, 1)  # the probe held: guess on at once, and as far as it may
+    assert lookup.draft(tokens, 3) == [4, 5, 6]
+    lookup.judged(3, 1)  # copying went one token further than the guess held: guess two next time
+    assert lookup.draft(tokens, 3) == [4, 5]
+
+
+def test_prompt_lookup_rests_at_most_max_rest_steps():
+    from lokal.engine.draft import MAX_REST_STEPS
+
+    lookup = PromptLookup()
+    tokens = [7, 8, 9, 7, 8]
+    for _ in range(10):
+        lookup.judged(1, 0)
+    rests = 0
+    while lookup.draft(tokens, 2) == []:
+        rests += 1
+    assert rests == MAX_REST_STEPS

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from lokal.engine.llamacpp import Runner
 
 NGRAM_SIZES = (3, 2)  # longest first: a longer match predicts better
+# Prompt lookup backs off where its guesses fail (ordinary chat repeats little of its prompt): after a draft
+# the model refused outright it rests for 1 step, then 2, 4, … up to this many while refusals go on; any
+# accepted guess ends the back-off. Each guess costs a batch position, so failing ones slow decoding.
+MAX_REST_STEPS = 32
 # A draft model's guess below this probability (its own) ends the draft: the target would most likely
 # refuse it, and each guess costs a draft decode.
 DRAFT_MIN_PROBABILITY = 0.5
@@ -38,21 +42,33 @@ class Drafter(Protocol):
         """Up to ``max_tokens`` guesses for what follows ``tokens``; [] when there is no good guess."""
         ...
 
+    def judged(self, num_guessed: int, num_accepted: int) -> None:
+        """How the model took the last draft: ``num_accepted`` of its ``num_guessed`` guesses were right."""
+        ...
+
 
 class PromptLookup:
-    """One request's n-gram index, updated incrementally as its tokens grow."""
+    """One request's n-gram index, updated incrementally as its tokens grow, and its back-off."""
 
     def __init__(self, sizes: Sequence[int] = NGRAM_SIZES):
         self.sizes = tuple(sizes)
         # size -> n-gram -> the position right after its most recent occurrence that something follows
         self._follows: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in self.sizes}
         self._num_indexed = 0
+        self._rest = 0  # steps left without guessing
+        self._next_rest = 1  # how long the next refusal rests
+        self._length: int | None = None  # most guesses in the next draft; None: as many as allowed
 
     def draft(self, tokens: Sequence[int], max_tokens: int) -> list[int]:
         end = len(tokens)
         if max_tokens <= 0 or end < 2:
             return []
+        if self._rest > 0:
+            self._rest -= 1
+            return []
         self._index(tokens, end)
+        if self._length is not None:
+            max_tokens = min(max_tokens, self._length)
         for n in self.sizes:
             if end <= n:
                 continue
@@ -60,6 +76,17 @@ class PromptLookup:
             if follow is not None:
                 return list(tokens[follow:follow + max_tokens])
         return []
+
+    def judged(self, num_guessed: int, num_accepted: int) -> None:
+        if num_guessed <= 0:
+            return
+        if num_accepted <= 0:
+            self._rest, self._next_rest = self._next_rest, min(2 * self._next_rest, MAX_REST_STEPS)
+            self._length = 1  # probe with one guess when the rest is over
+            return
+        self._next_rest = 1
+        # A copied run that held all the way may go on longer; one cut short says how far copying goes here.
+        self._length = None if num_accepted == num_guessed else num_accepted + 1
 
     def _index(self, tokens: Sequence[int], end: int) -> None:
         # Every n-gram that ends before the last token, so the final n-gram only finds earlier occurrences.
@@ -102,6 +129,10 @@ class DraftModel:
             return []
         self._cached = list(tokens) + guesses[:-1]
         return guesses
+
+    def judged(self, num_guessed: int, num_accepted: int) -> None:
+        """Nothing to learn: the draft model stops at its own unsure guesses (``DRAFT_MIN_PROBABILITY``), and
+        it is shared by every request, so one request's refusals say little about the next's."""
 
     def close(self) -> None:
         self._runner.close()

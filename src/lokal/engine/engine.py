@@ -364,8 +364,12 @@ class Engine:
         next_sampled = iter(sampled)
         for chunk in plan.chunks:
             request = chunk.request
-            self.num_draft_proposed += len(chunk.draft)
-            self.num_draft_accepted += max(chunk.num_accepted, 0)  # -1: even the real token is computed again
+            if chunk.draft:
+                self.num_draft_proposed += len(chunk.draft)
+                accepted = max(chunk.num_accepted, 0)  # -1: even the real token is computed again
+                self.num_draft_accepted += accepted
+                if request.drafter is not None and not request.needs_exact_step:  # not cut short by a close call
+                    request.drafter.judged(len(chunk.draft), accepted)
             if chunk.is_prefill:
                 request.prompt_eval_ns += elapsed
             else:
