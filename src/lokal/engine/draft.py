@@ -27,8 +27,11 @@ if TYPE_CHECKING:
 
 NGRAM_SIZES = (3, 2)  # longest first: a longer match predicts better
 # Prompt lookup backs off where its guesses fail (ordinary chat repeats little of its prompt): after a draft
-# the model refused outright it rests for 1 step, then 2, 4, … up to this many while refusals go on; any
-# accepted guess ends the back-off. Each guess costs a batch position, so failing ones slow decoding.
+# the model refused outright it rests for 1 step, then 2, 4, … up to this many while refusals go on, and
+# probes with a single guess; accepted guesses end the back-off, and drafts grow back from there (twice as
+# long after each one that held). A guess is not free: on a 2-core CPU a decode of 2 tokens costs ~1.6× one
+# of 1, and of 9 tokens ~4.8× (llama.cpp's batched kernels gain little there), so failing guesses slow
+# decoding.
 MAX_REST_STEPS = 32
 # A draft model's guess below this probability (its own) ends the draft: the target would most likely
 # refuse it, and each guess costs a draft decode.
@@ -85,8 +88,9 @@ class PromptLookup:
             self._length = 1  # probe with one guess when the rest is over
             return
         self._next_rest = 1
-        # A copied run that held all the way may go on longer; one cut short says how far copying goes here.
-        self._length = None if num_accepted == num_guessed else num_accepted + 1
+        # A copied run that held all the way may go on longer: guess twice as far next time. One cut short
+        # says how far copying goes here.
+        self._length = 2 * num_guessed if num_accepted == num_guessed else num_accepted + 1
 
     def _index(self, tokens: Sequence[int], end: int) -> None:
         # Every n-gram that ends before the last token, so the final n-gram only finds earlier occurrences.

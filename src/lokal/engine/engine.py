@@ -368,7 +368,7 @@ class Engine:
                 self.num_draft_proposed += len(chunk.draft)
                 accepted = max(chunk.num_accepted, 0)  # -1: even the real token is computed again
                 self.num_draft_accepted += accepted
-                if request.drafter is not None and not request.needs_exact_step:  # not cut short by a close call
+                if request.drafter is not None:  # a step cut short by a close call was wasted too: back off
                     request.drafter.judged(len(chunk.draft), accepted)
             if chunk.is_prefill:
                 request.prompt_eval_ns += elapsed
