@@ -28,9 +28,11 @@ class FakeKv:
         self.held[slot] = min(self.held.get(slot, 0), keep)
         return keep
 
-    def save_slot(self, slot: int) -> bytes:
-        self.calls.append(("save", slot))
-        saved, self.held[slot] = bytes(10 * self.held.get(slot, 0)), 0
+    def save_slot(self, slot: int, clear: bool = True) -> bytes:
+        self.calls.append(("save", slot) if clear else ("copy", slot))
+        saved = bytes(10 * self.held.get(slot, 0))
+        if clear:
+            self.held[slot] = 0
         return saved
 
     def restore_slot(self, slot: int, saved: bytes) -> bool:
@@ -205,6 +207,21 @@ def test_another_conversations_cache_is_parked_rather_than_cut():
     lease = slots.acquire([9, 9])
     assert (lease.slot, lease.num_reused) == (0, 0)
     assert [entry.tokens for entry in slots.parked] == [[1, 2, 3, 4, 5, 6]]
+
+
+def test_a_prompt_whose_own_longer_cache_holds_its_slot_reuses_it_and_parks_a_copy():
+    """The same prompt again, its slot holding it and a longer answer than the prompt: its prefix is reused
+    in place, and the whole cache parked for the conversation that continues that answer (found by running
+    the benchmark's levels: every prompt of a concurrency level came back to its own slot and was recomputed)."""
+    kv = FakeKv()
+    slots = SlotTable(2, kv, park_budget=10_000)
+    prompt = [1, 2, 3]
+    use(slots, kv, prompt, prompt + [4, 5, 6, 7, 8, 9])  # the answer is longer than the prompt
+    kv.calls.clear()
+    lease = slots.acquire(prompt)
+    assert (lease.slot, lease.num_reused) == (0, 2)  # all but the last prompt token, as always
+    assert kv.calls == [("copy", 0), ("trim", 0, 2)] and kv.held[0] == 2
+    assert [entry.tokens for entry in slots.parked] == [prompt + [4, 5, 6, 7, 8, 9]]
 
 
 def test_parked_caches_stay_within_the_budget_least_recently_used_dropped_first():

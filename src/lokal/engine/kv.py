@@ -27,8 +27,9 @@ class KvOps(Protocol):
         """Drop the slot's KV from position ``keep`` on; return how many positions it kept (fewer than asked
         when the cache cannot keep a partial sequence; 0 clears the slot)."""
 
-    def save_slot(self, slot: int) -> Sized:
-        """Copy the slot's KV out, then clear the slot. ``len()`` of the result is its size in bytes."""
+    def save_slot(self, slot: int, clear: bool = True) -> Sized:
+        """Copy the slot's KV out, then clear the slot (unless not ``clear``). ``len()`` of the result is its
+        size in bytes."""
 
     def restore_slot(self, slot: int, saved: Sized) -> bool:
         """Copy saved KV into an empty slot; False (slot left empty) when the context has no room for it."""
@@ -104,7 +105,10 @@ class SlotTable:
             tokens, source.tokens = source.tokens, []
             target.tokens = tokens if self._kv.restore_slot(target.id, saved) else []
         elif 2 * source_prefix < len(target.tokens):
-            self._park(target)  # mostly another conversation's cache: keep it for that one rather than cut it
+            # Mostly another conversation's cache (or this prompt's own, grown by an answer this request does
+            # not continue): keep all of it parked for whoever continues it rather than cut it, and still
+            # reuse its prefix here (a copy is parked; the slot keeps its KV and is trimmed below).
+            self._park(target, keep_in_slot=source_prefix > 0)
         keep = self._kv.trim(target.id, common_prefix_length(target.tokens, usable))
         target.tokens = list(prompt[:keep])
         target.is_busy = True
@@ -144,15 +148,19 @@ class SlotTable:
                 best, best_prefix = entry, prefix
         return best, best_prefix
 
-    def _park(self, slot: Slot) -> None:
-        """Move an idle slot's KV to host memory (or drop it, past the budget); the slot ends up empty."""
+    def _park(self, slot: Slot, keep_in_slot: bool = False) -> None:
+        """Move an idle slot's KV to host memory (or drop it, past the budget); the slot ends up empty, or
+        with ``keep_in_slot`` keeps it (a copy is parked)."""
         if not slot.tokens:
             return
-        tokens, slot.tokens = slot.tokens, []
+        tokens = slot.tokens
+        if not keep_in_slot:
+            slot.tokens = []
         if self.park_budget <= 0:
-            self._kv.trim(slot.id, 0)
+            if not keep_in_slot:
+                self._kv.trim(slot.id, 0)
             return
-        saved = self._kv.save_slot(slot.id)
+        saved = self._kv.save_slot(slot.id, clear=not keep_in_slot)
         if len(saved) > self.park_budget:
             return
         # A cache this one extends is worth nothing more: every prompt that would reuse it reuses this.

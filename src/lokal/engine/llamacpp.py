@@ -464,12 +464,13 @@ class Runner:
             keep = 0
         return keep
 
-    def save_slot(self, slot: int) -> ctypes.Array:
-        """Copy slot ``slot``'s KV out (llama.cpp's sequence state format), then clear the slot."""
+    def save_slot(self, slot: int, clear: bool = True) -> ctypes.Array:
+        """Copy slot ``slot``'s KV out (llama.cpp's sequence state format), then clear the slot (if ``clear``)."""
         size = llama.llama_state_seq_get_size(self._ctx, slot)
         saved = (ctypes.c_uint8 * size)()
         written = llama.llama_state_seq_get_data(self._ctx, saved, size, slot)
-        llama.llama_memory_seq_rm(self._memory, slot, -1, -1)
+        if clear:
+            llama.llama_memory_seq_rm(self._memory, slot, -1, -1)
         if written != size:
             raise LokalError(f"saving the KV of slot {slot} wrote {written} of {size} bytes")
         return saved
