@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import threading
 from pathlib import Path
 
@@ -28,6 +29,22 @@ def smollm2_path() -> str:
     path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert path.is_file(), path
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def pulled_smollm2_store(tmp_path_factory) -> Path:
+    """A store with the bundled SmolLM2 pulled into it, once per session: copy it before changing it."""
+    from server_fixture import MODEL, pull_models
+
+    return pull_models(tmp_path_factory.mktemp("pulled-smollm2"), MODEL)
+
+
+@pytest.fixture
+def smollm2_store_copy(pulled_smollm2_store, tmp_path) -> Path:
+    """A private copy of that store, for a test that tampers with it."""
+    root = tmp_path / "models"
+    shutil.copytree(pulled_smollm2_store, root)
+    return root
 
 
 @pytest.fixture(scope="session")

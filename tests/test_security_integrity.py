@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,19 +16,7 @@ from lokal.errors import IntegrityError
 from lokal.security.integrity import check_for_load, is_marked_verified
 from lokal.store.store import Store
 from lokal.types import GenerateRequest
-from server_fixture import MODEL, pull_models
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory) -> Path:
-    return pull_models(tmp_path_factory.mktemp("pristine"), MODEL)
-
-
-@pytest.fixture
-def store_root(pristine, tmp_path) -> Path:
-    root = tmp_path / "models"
-    shutil.copytree(pristine, root)
-    return root
+from server_fixture import MODEL
 
 
 def weights_path(root: Path) -> Path:
@@ -46,8 +33,8 @@ def flip_a_byte(path: Path, offset: int) -> None:
         file.write(bytes([byte[0] ^ 0xFF]))
 
 
-def test_first_load_verifies_and_marks(store_root):
-    store = Store(store_root)
+def test_first_load_verifies_and_marks(smollm2_store_copy):
+    store = Store(smollm2_store_copy)
     entry = store.get(MODEL)
     digest = entry.manifest.layer("model").digest
     assert not is_marked_verified(store, digest)
@@ -57,14 +44,14 @@ def test_first_load_verifies_and_marks(store_root):
     assert is_marked_verified(store, digest)
 
 
-def test_tampered_weights_are_refused_on_load(store_root):
+def test_tampered_weights_are_refused_on_load(smollm2_store_copy):
     from lokal.runtime import Runtime
 
-    store = Store(store_root)
+    store = Store(smollm2_store_copy)
     entry = store.get(MODEL)
     check_for_load(store, entry)  # verified once, as after a first load
-    flip_a_byte(weights_path(store_root), 4096)
-    runtime = Runtime(Settings(environ={"LOKAL_MODELS": str(store_root)}))
+    flip_a_byte(weights_path(smollm2_store_copy), 4096)
+    runtime = Runtime(Settings(environ={"LOKAL_MODELS": str(smollm2_store_copy)}))
 
     async def generate() -> None:
         async for _ in runtime.generate(GenerateRequest(model=MODEL, prompt="hi", options={"num_predict": 1})):
@@ -78,25 +65,25 @@ def test_tampered_weights_are_refused_on_load(store_root):
     assert runtime.running() == []
 
 
-def test_cli_verify_names_the_tampered_blob(store_root, monkeypatch):
-    monkeypatch.setenv("LOKAL_MODELS", str(store_root))
+def test_cli_verify_names_the_tampered_blob(smollm2_store_copy, monkeypatch):
+    monkeypatch.setenv("LOKAL_MODELS", str(smollm2_store_copy))
     runner = CliRunner()
     clean = runner.invoke(app, ["verify"])
     assert clean.exit_code == 0, clean.output
     assert f"{MODEL}:latest: ok" in clean.output or f"{MODEL}: ok" in clean.output
-    flip_a_byte(weights_path(store_root), 100)
+    flip_a_byte(weights_path(smollm2_store_copy), 100)
     tampered = runner.invoke(app, ["verify", MODEL])
     assert tampered.exit_code == 1
-    digest = Store(store_root).get(MODEL).manifest.layer("model").digest
+    digest = Store(smollm2_store_copy).get(MODEL).manifest.layer("model").digest
     assert digest in tampered.output and "sha256 does not match" in tampered.output
 
 
-def test_a_model_served_before_is_checked_again_once_its_weights_change(store_root):
+def test_a_model_served_before_is_checked_again_once_its_weights_change(smollm2_store_copy):
     """Requests reuse an opened model while its files are unchanged; a byte flipped after the model served
     (and while it is still loaded) is still caught on the next request."""
     from lokal.runtime import Runtime
 
-    runtime = Runtime(Settings(environ={"LOKAL_MODELS": str(store_root), "LOKAL_KEEP_ALIVE": "-1"}))
+    runtime = Runtime(Settings(environ={"LOKAL_MODELS": str(smollm2_store_copy), "LOKAL_KEEP_ALIVE": "-1"}))
 
     async def generate() -> None:
         async for _ in runtime.generate(GenerateRequest(model=MODEL, prompt="hi", options={"num_predict": 1})):
@@ -106,7 +93,7 @@ def test_a_model_served_before_is_checked_again_once_its_weights_change(store_ro
         try:
             await generate()
             await generate()  # served from the opened model
-            flip_a_byte(weights_path(store_root), 4096)
+            flip_a_byte(weights_path(smollm2_store_copy), 4096)
             with pytest.raises(IntegrityError):
                 await generate()
         finally:

@@ -4,26 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 
 from lokal.security.encryption import Cipher
 from lokal.store.opened import OpenedModels
 from lokal.store.store import Store
-from server_fixture import MODEL, pull_models
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory) -> Path:
-    return pull_models(tmp_path_factory.mktemp("pristine"), MODEL)
+from server_fixture import MODEL
 
 
 @pytest.fixture
-def store(pristine, tmp_path) -> Store:
-    root = tmp_path / "models"
-    shutil.copytree(pristine, root)
-    return Store(root)
+def store(smollm2_store_copy) -> Store:
+    return Store(smollm2_store_copy)
 
 
 def opened_once(store: Store) -> OpenedModels:
@@ -72,9 +64,9 @@ def test_snapshot_taken_before_a_change_never_vouches_for_it(store):
     assert opened.get(MODEL) is None
 
 
-def test_encrypted_store_is_not_cached(pristine, tmp_path):
+def test_encrypted_store_is_not_cached(pulled_smollm2_store, tmp_path):
     store = Store(tmp_path / "models", cipher=Cipher(bytes(range(32))))
-    shutil.copytree(pristine, store.root)
+    shutil.copytree(pulled_smollm2_store, store.root)
     opened = OpenedModels(store)
     opened.remember(MODEL, Store(store.root).open(MODEL), opened.snapshot(store.get(MODEL)))
     assert opened.get(MODEL) is None
