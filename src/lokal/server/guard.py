@@ -185,10 +185,10 @@ def effective_routes(app: Any) -> list[Any]:
     return routes
 
 
-def match_route(app: Any, scope: Scope, routes: list[Any] | None = None) -> tuple[str | None, dict[str, Any]]:
-    """(path template, path params) of the route that will serve this request; ``None`` when none matches
-    fully (the router then answers 404 or 405). ``routes``: the app's ``effective_routes``, if known."""
-    for route in routes if routes is not None else effective_routes(app):
+def match_route(routes: list[Any], scope: Scope) -> tuple[str | None, dict[str, Any]]:
+    """(path template, path params) of the route among ``routes`` (an app's ``effective_routes``) that will
+    serve this request; ``None`` when none matches fully (the router then answers 404 or 405)."""
+    for route in routes:
         match, child = route.matches(scope)
         if match is Match.FULL:
             return getattr(route, "path", None), child.get("path_params", {})
@@ -214,7 +214,7 @@ class RouteTable:
         if found is None:
             if self._routes is None:
                 self._routes = effective_routes(self._app)
-            found = match_route(self._app, scope, self._routes)
+            found = match_route(self._routes, scope)
             if found[0] is not None:
                 if len(self._known) >= self.MAX_ENTRIES:
                     self._known.clear()

@@ -71,6 +71,3 @@ class OpenedModels:
         if len(self._by_name) >= MAX_ENTRIES:
             self._by_name.clear()
         self._by_name[name] = _Opened(stored, files)
-
-    def forget(self) -> None:
-        self._by_name.clear()
