@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lokal.errors import BadRequest
+from lokal.json_files import read_json_object, read_json_objects
 
 ENCODER_TYPES = ("bert",)  # encoders with input_ids, attention_mask and token_type_ids
 POOLING_FILE = "pooling.json"
@@ -30,12 +31,12 @@ def is_embedding_folder(folder: Path) -> bool:
 
 def pooling_of(folder: Path) -> dict[str, Any]:
     """sentence-transformers' pooling: mode (mean or cls), normalize, and the longest input it embeds."""
-    pooling = _read_json(folder / "1_Pooling" / "config.json")
+    pooling = read_json_object(folder / "1_Pooling" / "config.json")
     mode = "cls" if pooling.get("pooling_mode_cls_token") and not pooling.get("pooling_mode_mean_tokens") else "mean"
-    modules = _read_json_list(folder / "modules.json")
+    modules = read_json_objects(folder / "modules.json")
     normalize = any(str(module.get("type", "")).endswith("Normalize") for module in modules) if modules else True
-    config = _read_json(folder / "config.json")
-    max_length = _read_json(folder / "sentence_bert_config.json").get("max_seq_length") \
+    config = read_json_object(folder / "config.json")
+    max_length = read_json_object(folder / "sentence_bert_config.json").get("max_seq_length") \
         or config.get("max_position_embeddings") or 512
     return {"pooling": mode, "normalize": normalize, "max_length": int(max_length),
             "embedding_length": config.get("hidden_size"), "block_count": config.get("num_hidden_layers")}
@@ -74,19 +75,3 @@ def export_embedding(folder: Path, out: Path) -> None:
         if (folder / name).is_file():
             shutil.copyfile(folder / name, out / name)
     (out / POOLING_FILE).write_text(json.dumps(pooling_of(folder), indent=2))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _read_json_list(path: Path) -> list[dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return []
-    return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []

@@ -30,6 +30,7 @@ from lokal.engine.engine import EngineConfig, EngineStats
 from lokal.engine.stream import Sink
 from lokal.errors import (BadRequest, Cancelled, ConfigError, ContextOverflow, LokalError, ModelLoadError,
                           ServerBusy, UnsupportedCapability)
+from lokal.json_files import read_json_object
 from lokal.types import Done, DoneReason, Event, SamplingOptions, Token
 
 log = logging.getLogger("lokal.engine")
@@ -99,7 +100,7 @@ class OnnxEngine:
         eos = model_config.get("eos_token_id")
         self._eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self._eos_ids |= {int(t) for t in self._tokenizer.eos_token_ids}
-        tokenizer_config = _read_json(self.folder / "tokenizer_config.json")
+        tokenizer_config = read_json_object(self.folder / "tokenizer_config.json")
         self.chat_template: str | None = tokenizer_config.get("chat_template")
         self.bos_text = _token_text(tokenizer_config.get("bos_token"))
         self.eos_text = _token_text(tokenizer_config.get("eos_token"))
@@ -474,14 +475,6 @@ def _fail(request: _Request, exc: BaseException) -> None:
         request.sink.fail(exc)
     except Exception:
         pass
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _token_text(value: Any) -> str:
