@@ -137,10 +137,11 @@ def read_details(store: Store, entry: ModelEntry) -> ModelDetails:
     """``ModelDetails`` (what show/ps print, what the runtime sizes) from genai_config.json and the config blob."""
     info = read_info(store, entry)
     pooling_bytes = _layer_bytes(store, entry, "pooling.json")
-    if pooling_bytes is not None and _layer_bytes(store, entry, "genai_config.json") is None:
+    genai_bytes = _layer_bytes(store, entry, "genai_config.json")
+    if pooling_bytes is not None and genai_bytes is None:
         return _embedding_details(entry, info, pooling_bytes)
     try:
-        genai = json.loads(_layer_bytes(store, entry, "genai_config.json") or b"{}")
+        genai = json.loads(genai_bytes or b"{}")
         tokenizer_config = json.loads(_layer_bytes(store, entry, "tokenizer_config.json") or b"{}")
     except ValueError as exc:
         raise StoreError(f"{entry.name.display}: unreadable model config: {exc}") from None
@@ -149,22 +150,14 @@ def read_details(store: Store, entry: ModelEntry) -> ModelDetails:
     model = genai.get("model", {})
     decoder = model.get("decoder", {})
     architecture = info.family or str(model.get("type", ""))
-    metadata: dict[str, Any] = {
-        "general.architecture": architecture,
+    return _details(entry, info, architecture, {
         f"{architecture}.block_count": decoder.get("num_hidden_layers"),
         f"{architecture}.embedding_length": decoder.get("hidden_size"),
         f"{architecture}.attention.head_count": decoder.get("num_attention_heads"),
         f"{architecture}.attention.head_count_kv": decoder.get("num_key_value_heads"),
         f"{architecture}.context_length": model.get("context_length"),
-        "onnx.execution_provider": info.provider,
-        "onnx.precision": info.precision,
-    }
-    return ModelDetails(architecture=architecture, name=entry.name.model, family=architecture,
-                        parameter_count=0, parameter_size=info.parameter_size, file_type=None,
-                        quantization_level=info.precision, context_length=model.get("context_length"),
-                        embedding_length=decoder.get("hidden_size"), chat_template=template or None,
-                        bos_token=None, eos_token=None, license=None, pooling_type=None,
-                        metadata={k: v for k, v in metadata.items() if v is not None})
+    }, context_length=model.get("context_length"), embedding_length=decoder.get("hidden_size"),
+        chat_template=template or None)
 
 
 def _embedding_details(entry: ModelEntry, info: OnnxInfo, pooling_bytes: bytes) -> ModelDetails:
@@ -174,18 +167,26 @@ def _embedding_details(entry: ModelEntry, info: OnnxInfo, pooling_bytes: bytes) 
     except ValueError as exc:
         raise StoreError(f"{entry.name.display}: unreadable pooling.json: {exc}") from None
     architecture = info.family or "bert"
-    metadata: dict[str, Any] = {
-        "general.architecture": architecture,
+    return _details(entry, info, architecture, {
         f"{architecture}.block_count": pooling.get("block_count"),
         f"{architecture}.embedding_length": pooling.get("embedding_length"),
         f"{architecture}.context_length": pooling.get("max_length"),
         f"{architecture}.pooling_type": pooling.get("pooling"),
-        "onnx.execution_provider": info.provider,
-        "onnx.precision": info.precision,
-    }
+    }, context_length=pooling.get("max_length"), embedding_length=pooling.get("embedding_length"),
+        pooling_type=pooling.get("pooling"))
+
+
+def _details(entry: ModelEntry, info: OnnxInfo, architecture: str, facts: dict[str, Any], *,
+             context_length: Any, embedding_length: Any, chat_template: str | None = None,
+             pooling_type: Any = None) -> ModelDetails:
+    """What every ONNX model's details share: the architecture, execution provider and precision around
+    its own ``facts`` in the metadata (unknown ones left out), and none of a GGUF's (parameter count, file
+    type, special tokens, license)."""
+    metadata = {"general.architecture": architecture, **facts,
+                "onnx.execution_provider": info.provider, "onnx.precision": info.precision}
     return ModelDetails(architecture=architecture, name=entry.name.model, family=architecture,
                         parameter_count=0, parameter_size=info.parameter_size, file_type=None,
-                        quantization_level=info.precision, context_length=pooling.get("max_length"),
-                        embedding_length=pooling.get("embedding_length"), chat_template=None,
-                        bos_token=None, eos_token=None, license=None, pooling_type=pooling.get("pooling"),
+                        quantization_level=info.precision, context_length=context_length,
+                        embedding_length=embedding_length, chat_template=chat_template,
+                        bos_token=None, eos_token=None, license=None, pooling_type=pooling_type,
                         metadata={k: v for k, v in metadata.items() if v is not None})
