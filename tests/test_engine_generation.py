@@ -164,22 +164,24 @@ def test_identical_prompts_recompute_only_the_last_token(engine):
 
 
 def test_a_cache_parked_while_another_request_ran_is_restored_and_continues_exactly(smollm2_path):
-    # The first engine keeps the story's KV in its slot; the second parks it in host memory while another
-    # request runs, then copies it back. Same KV in the same cells, so the follow-up is the same token for token.
+    # Plain: the story's KV stays in its slot. One slot: another request parks it in host memory, then it is
+    # copied back. Two slots: the other request takes the empty slot and the story's KV never moves. Same KV
+    # in the same cells each way, so the follow-up is the same token for token.
     answers = []
-    for is_interleaved in (False, True):
-        with Engine(smollm2_path, EngineConfig(num_ctx=512, num_parallel=2)) as engine:
+    for num_parallel, is_interleaved in ((1, False), (1, True), (2, True)):
+        with Engine(smollm2_path, EngineConfig(num_ctx=512, num_parallel=num_parallel)) as engine:
             story = engine.tokenize("A long story about a lighthouse keeper and her cat. " * 6)
             _, _, first = generate(engine, story, greedy(num_predict=10, ignore_eos=True))
             if is_interleaved:
                 _, _, other = generate(engine, engine.tokenize("Unrelated: list three colours."), greedy(num_predict=4))
                 assert other.prompt_eval_count > 1
-                assert engine._scheduler.slots.num_parked_bytes > 0  # the story's KV left the context
+                is_parked = engine._scheduler.slots.num_parked_bytes > 0  # the story's KV left the context
+                assert is_parked == (num_parallel == 1)
             new = engine.tokenize(" The cat then", add_special=False)
             _, ids, follow_up = generate(engine, first.context + new, greedy(num_predict=16, ignore_eos=True))
             assert follow_up.prompt_eval_count == len(new) + 1
             answers.append(ids)
-    assert answers[0] == answers[1] and len(answers[0]) == 16
+    assert answers[0] == answers[1] == answers[2] and len(answers[0]) == 16
 
 
 def test_stats_are_ollamas(engine):

@@ -202,11 +202,44 @@ def test_idle_caches_stay_in_place_while_other_slots_run():
 
 def test_another_conversations_cache_is_parked_rather_than_cut():
     kv = FakeKv()
-    slots = SlotTable(2, kv, park_budget=10_000)
+    slots = SlotTable(1, kv, park_budget=10_000)
     use(slots, kv, [1], [1, 2, 3, 4, 5, 6])
     lease = slots.acquire([9, 9])
     assert (lease.slot, lease.num_reused) == (0, 0)
     assert [entry.tokens for entry in slots.parked] == [[1, 2, 3, 4, 5, 6]]
+
+
+def test_while_nothing_runs_a_new_conversation_takes_an_empty_slot_and_copies_nothing():
+    kv = FakeKv()
+    slots = SlotTable(3, kv, park_budget=10_000)
+    first = use(slots, kv, [1], [1, 2, 3, 4, 5, 6])
+    second = use(slots, kv, [9], [9, 8, 7])
+    assert (first, second) == (0, 1) and not slots.parked
+    lease = slots.acquire([1, 2, 3, 4, 5, 6, 7])  # the first conversation goes on where its cache lies
+    assert (lease.slot, lease.num_reused) == (0, 6)
+    assert not any(call[0] in ("save", "copy", "restore") for call in kv.calls)
+
+
+def test_while_nothing_runs_the_least_recently_used_cache_makes_room():
+    kv = FakeKv()
+    slots = SlotTable(2, kv, park_budget=10_000)
+    use(slots, kv, [1], [1, 2, 3])  # slot 0
+    use(slots, kv, [5], [5, 6])  # slot 1
+    use(slots, kv, [1, 2, 3, 4], [1, 2, 3, 4])  # slot 0 again: now slot 1 is the least recently used
+    lease = slots.acquire([9])
+    assert lease.slot == 1 and [entry.tokens for entry in slots.parked] == [[5, 6]]
+    assert slots.slots[0].tokens == [1, 2, 3, 4]
+
+
+def test_while_nothing_runs_a_parked_cache_comes_back_into_an_empty_slot():
+    kv = FakeKv()
+    slots = SlotTable(2, kv, park_budget=10_000)
+    slots.adopt([4, 5, 6], bytes(30))  # e.g. read back from disk
+    use(slots, kv, [1], [1, 2, 3])  # slot 0
+    kv.calls.clear()
+    lease = slots.acquire([4, 5, 6, 7])
+    assert (lease.slot, lease.num_reused) == (1, 3)
+    assert kv.calls == [("restore", 1, 30), ("trim", 1, 3)] and slots.slots[0].tokens == [1, 2, 3]
 
 
 def test_a_prompt_whose_own_longer_cache_holds_its_slot_reuses_it_and_parks_a_copy():
@@ -248,16 +281,17 @@ def test_a_parked_cache_that_a_newer_one_extends_is_dropped():
 
 def test_a_restore_without_room_computes_the_whole_prompt():
     kv = FakeKv(has_room=False)
-    slots = SlotTable(2, kv, park_budget=10_000)
+    slots = SlotTable(1, kv, park_budget=10_000)
     use(slots, kv, [1], [1, 2, 3])
-    slots.acquire([9])  # parks [1, 2, 3]
+    use(slots, kv, [9], [9])  # parks [1, 2, 3]
     lease = slots.acquire([1, 2, 3, 4])
-    assert lease.num_reused == 0 and slots.slots[lease.slot].tokens == [] and not slots.parked
+    assert lease.num_reused == 0 and slots.slots[lease.slot].tokens == []
+    assert [entry.tokens for entry in slots.parked] == [[9]]
 
 
 def test_without_a_budget_idle_caches_are_dropped_rather_than_parked():
     kv = FakeKv()
-    slots = SlotTable(2, kv)
+    slots = SlotTable(1, kv)
     first = use(slots, kv, [1], [1, 2, 3])
     slots.acquire([5])
     assert kv.held[first] == 0 and not slots.parked and ("trim", first, 0) in kv.calls
