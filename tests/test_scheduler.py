@@ -308,13 +308,37 @@ def test_the_last_prompt_token_is_always_recomputed():
     assert slots.acquire([5, 6]).num_reused == 1
 
 
-def test_a_new_request_takes_the_lowest_free_slot():
+def test_requests_arriving_together_take_consecutive_slots():
     slots = SlotTable(3, FakeKv())
     assert [slots.acquire([0]).slot for _ in range(3)] == [0, 1, 2]
     slots.release(2, [40])
     slots.release(0, [41])
-    assert slots.acquire([1, 2, 3]).slot == 0  # busy slots stay packed: one micro-batch per step
+    # Next to the busy slot 1 either way (one micro-batch per step); the least recently used cache goes first.
     assert slots.acquire([1, 2, 3]).slot == 2
+    assert slots.acquire([1, 2, 3]).slot == 0
+
+
+def test_while_a_slot_runs_new_requests_fill_holes_then_take_its_neighbours():
+    kv = FakeKv()
+    slots = SlotTable(8, kv, park_budget=10_000)
+    for slot in range(8):  # every slot holds a conversation of its own
+        slots.acquire([0])
+    for slot in range(8):
+        slots.release(slot, [100 + slot, 1, 2])
+    running = slots.acquire([105, 1, 2, 3])
+    assert running.slot == 5  # nothing ran: its conversation's own slot
+    kv.calls.clear()
+    beside = slots.acquire([103, 1, 2, 3])  # cached in slot 3, not next to slot 5: moved next to it
+    assert beside.slot in (4, 6) and beside.num_reused == 3
+    assert [call[0] for call in kv.calls] == ["save", "save", "restore", "trim"]
+    slots.release(running.slot, [105, 1, 2, 3, 4])  # slot 5 ends: the busy slot is alone again
+    other = slots.acquire([9])
+    assert abs(other.slot - beside.slot) == 1
+    slots.release(beside.slot, [7])
+    slots.acquire([1])
+    slots.acquire([2])
+    busy = sorted(slot.id for slot in slots.slots if slot.is_busy)
+    assert busy == list(range(busy[0], busy[0] + len(busy)))  # one run of consecutive ids
 
 
 def test_a_cache_that_cannot_keep_a_partial_prefix_is_reused_from_zero():

@@ -83,13 +83,13 @@ class SlotTable:
         """A free slot holding the longest cached prefix of ``prompt``, trimmed to it; None when every slot
         is busy.
 
-        While other slots run, the lowest free slot (the prefix is moved there if it was elsewhere): llama.cpp
-        attends over every KV stream between the lowest and highest sequence in a batch, so busy slots stay
-        packed at the low ids. While nothing runs, the batch holds this sequence alone and any slot will do:
-        the prefix is used where it lies, or a parked one restored into an empty (else the least recently
-        used) slot, so that switching between conversations copies no KV (measured: parking a slot and
-        restoring another took 2.8 ms of a lone request's 5 ms before its first decode, and grows with the
-        cache)."""
+        Busy slots stay contiguous: llama.cpp (per-sequence KV streams) splits a batch into one micro-batch
+        per run of consecutive sequence ids, each a whole pass over the weights. So while other slots run, the
+        slot is a hole between them or a neighbour of them, and a prefix cached elsewhere is moved there. While
+        nothing runs any slot will do: the prefix is used where it lies, or a parked one restored into an
+        empty (else the least recently used) slot, so that switching between conversations copies no KV
+        (measured: parking a slot and restoring another took 2.8 ms of a lone request's 5 ms before its first
+        decode, and grows with the cache)."""
         free = [slot for slot in self.slots if not slot.is_busy]
         if not free:
             return None
@@ -101,12 +101,12 @@ class SlotTable:
             if prefix > source_prefix:
                 source, source_prefix = slot, prefix
         entry, entry_prefix = self._best_parked(usable)
-        if self.num_busy:
-            target = free[0]
-        elif source_prefix and source_prefix >= entry_prefix:
+        candidates = self._contiguous_choices(free)
+        if source_prefix and source_prefix >= entry_prefix and source.id in {slot.id for slot in candidates}:
             target = source
         else:
-            target = next((slot for slot in free if not slot.tokens), None) or min(free, key=lambda s: s.last_used)
+            target = (next((slot for slot in candidates if not slot.tokens), None)
+                      or min(candidates, key=lambda slot: slot.last_used))
         if not source_prefix:
             source = target
         if entry is not None and entry_prefix > source_prefix:
@@ -129,6 +129,16 @@ class SlotTable:
         target.is_busy = True
         target.last_used = next(self._clock)
         return Lease(target.id, keep)
+
+    def _contiguous_choices(self, free: list[Slot]) -> list[Slot]:
+        """The free slots that keep the busy ones one run of consecutive ids: every free slot while nothing
+        runs, else the holes between busy slots, else the slots next to them."""
+        busy = [slot.id for slot in self.slots if slot.is_busy]
+        if not busy:
+            return free
+        low, high = min(busy), max(busy)
+        holes = [slot for slot in free if low < slot.id < high]
+        return holes or [slot for slot in free if slot.id in (low - 1, high + 1)]
 
     def adopt(self, tokens: Sequence[int], saved: Sized) -> None:
         """Take a cached prefix from elsewhere (the prompt cache on disk) as the most recently used parked one."""
