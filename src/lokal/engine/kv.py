@@ -3,14 +3,15 @@
 Slot ``i`` is llama.cpp sequence id ``i``, and each sequence has its own KV stream (``kv_unified=false``, as
 llama-server runs): a sequence's attention spans only its own cells, so idle caches cost running streams
 nothing and stay where they are. llama.cpp computes one micro-batch per run of consecutive sequence ids,
-so busy slots are kept packed at the low ids: a new request always takes the lowest free slot.
+so busy slots are kept one run: while others run, a new request takes a hole between them or a slot next
+to them; while nothing runs, any slot (see ``SlotTable.acquire``).
 
 A finished request leaves its KV behind together with the tokens it holds. A new request reuses the cache
 that shares the longest prefix with its prompt: in its own slot it is trimmed to that prefix; in another idle
 slot, or *parked* in host memory, it is copied into the new request's slot (``llama_state_seq_get_data`` /
-``set_data``: under 1 ms per 100 tokens for SmolLM2, against ~3 ms per token to recompute). Caches pushed out
-of a slot that way are parked, within ``park_budget`` bytes, least recently used dropped first. Only the
-prompt's suffix is then computed.
+``set_data``: ~2.6 ms per 100 tokens out and ~1.1 ms back for SmolLM2 with its V cache transposed, against
+~3 ms per token to recompute). Caches pushed out of a slot that way are parked, within ``park_budget`` bytes,
+least recently used dropped first. Only the prompt's suffix is then computed.
 
 Pure bookkeeping: the calls into llama.cpp are the ``KvOps`` the runner provides.
 """
@@ -20,6 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import count
 from typing import Protocol, Sequence, Sized
+
+
+# Tokens whose KV is copied (out and back) for the price of computing one token's: ~80 measured (see above);
+# fewer here, so a doubtful case keeps the other conversation's cache rather than recompute.
+COPIED_PER_COMPUTED = 32
 
 
 class KvOps(Protocol):
@@ -89,7 +95,8 @@ class SlotTable:
         nothing runs any slot will do: the prefix is used where it lies, or a parked one restored into an
         empty (else the least recently used) slot, so that switching between conversations copies no KV
         (measured: parking a slot and restoring another took 2.8 ms of a lone request's 5 ms before its first
-        decode, and grows with the cache)."""
+        decode, and grows with the cache). A prefix is only copied for where that costs less than computing
+        it (``COPIED_PER_COMPUTED``), and the same prompt asked again drops the old answer its slot holds."""
         free = [slot for slot in self.slots if not slot.is_busy]
         if not free:
             return None
@@ -102,11 +109,15 @@ class SlotTable:
                 source, source_prefix = slot, prefix
         entry, entry_prefix = self._best_parked(usable)
         candidates = self._contiguous_choices(free)
-        if source_prefix and source_prefix >= entry_prefix and source.id in {slot.id for slot in candidates}:
+        empty = next((slot for slot in candidates if not slot.tokens), None)
+        is_in_place = source.id in {slot.id for slot in candidates}
+        if (source_prefix and (empty is not None or not is_in_place)
+                and not _is_worth_copying(source, source_prefix, usable, is_in_place)):
+            source_prefix = 0  # computing those few tokens costs less than the copy would
+        if source_prefix and source_prefix >= entry_prefix and is_in_place:
             target = source
         else:
-            target = (next((slot for slot in candidates if not slot.tokens), None)
-                      or min(candidates, key=lambda slot: slot.last_used))
+            target = empty or min(candidates, key=lambda slot: slot.last_used)
         if not source_prefix:
             source = target
         if entry is not None and entry_prefix > source_prefix:
@@ -119,10 +130,11 @@ class SlotTable:
             saved = self._kv.save_slot(source.id)
             tokens, source.tokens = source.tokens, []
             target.tokens = tokens if self._kv.restore_slot(target.id, saved) else []
-        elif 2 * source_prefix < len(target.tokens):
-            # Mostly another conversation's cache (or this prompt's own, grown by an answer this request does
-            # not continue): keep all of it parked for whoever continues it rather than cut it, and still
-            # reuse its prefix here (a copy is parked; the slot keeps its KV and is trimmed below).
+        elif 2 * source_prefix < len(target.tokens) and not _is_repeat(source_prefix, usable):
+            # Mostly another conversation's cache: keep all of it parked for whoever continues it rather than
+            # cut it, and still reuse its prefix here (a copy is parked; the slot keeps its KV and is trimmed
+            # below). The same prompt asked again just drops the answer it had (as llama-server does): a
+            # retry, another sample or a benchmark's repeat does not continue it.
             self._park(target, keep_in_slot=source_prefix > 0)
         keep = self._kv.trim(target.id, common_prefix_length(target.tokens, usable))
         target.tokens = list(prompt[:keep])
@@ -193,6 +205,20 @@ class SlotTable:
         self.parked.append(Parked(tokens, saved, next(self._clock)))
         while self.num_parked_bytes > self.park_budget:
             self.parked.remove(min(self.parked, key=lambda entry: entry.last_used))
+
+
+def _is_worth_copying(source: Slot, prefix: int, usable: Sequence[int], is_in_place: bool) -> bool:
+    """Whether reusing ``prefix`` tokens cached in ``source`` pays for the copy it takes. Used in place while
+    it holds mostly this prompt (or exactly it, grown by an old answer), it takes none; otherwise its whole
+    cache is copied out (parked for the conversation it belongs to, or moved next to the running slots)."""
+    if is_in_place and (2 * prefix >= len(source.tokens) or _is_repeat(prefix, usable)):
+        return True
+    return prefix * COPIED_PER_COMPUTED >= len(source.tokens)
+
+
+def _is_repeat(prefix: int, usable: Sequence[int]) -> bool:
+    """The cache holds this whole prompt: the same prompt asked again."""
+    return 0 < prefix == len(usable)
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
