@@ -46,8 +46,10 @@ def test_two_models_alternating_with_room_for_one_stay_correct_and_bounded(two_m
                 [running] = httpx.get(server.url + "/api/ps", timeout=10).json()["models"]
                 assert running["name"].startswith(model)
             peaks.append(process_rss(server.process.pid))
-        # Each switch frees the other model: memory after the third round is where it was after the first.
-        assert peaks[2] < peaks[0] * 1.15, peaks
+        # Each switch frees the other model: memory after the third round is near where it was after the first.
+        # Near: over 15 runs on 2 cores it grew 2–16 % (allocator arenas of the per-busy-period engine threads,
+        # file pages of the mapped weights); one model kept by mistake would add 100–250 MB, over 25 %.
+        assert peaks[2] < peaks[0] * 1.25, peaks
         log = server.log()
         assert len(re.findall(r"loaded gemma3:270m in [\d.]+ s: \w+ KV cache, \d+ MB estimated; "
                               r"1 of 1 models loaded, process RSS \d+ MB", log)) == 3, log
