@@ -24,11 +24,6 @@ log = logging.getLogger("lokal.server")
 
 # Seconds running requests get to finish after the runtime closed, before their tasks are cancelled.
 GRACEFUL_SHUTDOWN_SECONDS = 10
-# How often Python's running thread offers the GIL to one waiting for it (the interpreter's default is 5 ms).
-# The engine thread hands each step's tokens to the event loop and goes straight on to the next step's Python,
-# so the loop waited for the GIL before it could send them. Measured on 2 cores: a token's way from the engine
-# to the event loop went from 1.5 ms to 0.3 ms (c1, median), for time to first token and every token after it.
-GIL_SWITCH_SECONDS = 0.001
 
 
 class _Server(uvicorn.Server):
@@ -88,7 +83,6 @@ def serve(settings: Settings) -> None:
     else:
         print(banner, file=sys.stderr, flush=True)
     _exit_zero_on_stop_signals()
-    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     _Server(config, runtime).run(sockets=[sock])
 
 
