@@ -95,7 +95,7 @@ class SlotTable:
         nothing runs any slot will do: the prefix is used where it lies, or a parked one restored into an
         empty (else the least recently used) slot, so that switching between conversations copies no KV
         (measured: parking a slot and restoring another took 2.8 ms of a lone request's 5 ms before its first
-        decode, and grows with the cache). A prefix is only copied for where that costs less than computing
+        decode, and grows with the cache). A prefix is only copied where that costs less than computing
         it (``COPIED_PER_COMPUTED``), and the same prompt asked again drops the old answer its slot holds."""
         free = [slot for slot in self.slots if not slot.is_busy]
         if not free:
