@@ -130,11 +130,9 @@ class SlotTable:
             saved = self._kv.save_slot(source.id)
             tokens, source.tokens = source.tokens, []
             target.tokens = tokens if self._kv.restore_slot(target.id, saved) else []
-        elif 2 * source_prefix < len(target.tokens) and not _is_repeat(source_prefix, usable):
-            # Mostly another conversation's cache: keep all of it parked for whoever continues it rather than
-            # cut it, and still reuse its prefix here (a copy is parked; the slot keeps its KV and is trimmed
-            # below). The same prompt asked again just drops the answer it had (as llama-server does): a
-            # retry, another sample or a benchmark's repeat does not continue it.
+        elif _is_mostly_another(target, source_prefix, usable):
+            # Keep all of it parked for whoever continues it rather than cut it, and still reuse its prefix
+            # here (a copy is parked; the slot keeps its KV and is trimmed below).
             self._park(target, keep_in_slot=source_prefix > 0)
         keep = self._kv.trim(target.id, common_prefix_length(target.tokens, usable))
         target.tokens = list(prompt[:keep])
@@ -208,17 +206,21 @@ class SlotTable:
 
 
 def _is_worth_copying(source: Slot, prefix: int, usable: Sequence[int], is_in_place: bool) -> bool:
-    """Whether reusing ``prefix`` tokens cached in ``source`` pays for the copy it takes. Used in place while
-    it holds mostly this prompt (or exactly it, grown by an old answer), it takes none; otherwise its whole
-    cache is copied out (parked for the conversation it belongs to, or moved next to the running slots)."""
-    if is_in_place and (2 * prefix >= len(source.tokens) or _is_repeat(prefix, usable)):
+    """Whether reusing ``prefix`` tokens cached in ``source`` pays for the copy it takes: none when it is
+    used in place and is not mostly another conversation's; otherwise its whole cache is copied out (parked
+    for the conversation it belongs to, or moved next to the running slots)."""
+    if is_in_place and not _is_mostly_another(source, prefix, usable):
         return True
     return prefix * COPIED_PER_COMPUTED >= len(source.tokens)
 
 
-def _is_repeat(prefix: int, usable: Sequence[int]) -> bool:
-    """The cache holds this whole prompt: the same prompt asked again."""
-    return 0 < prefix == len(usable)
+def _is_mostly_another(slot: Slot, prefix: int, usable: Sequence[int]) -> bool:
+    """Whether ``slot``'s cache, of which the prompt shares ``prefix`` tokens, is mostly another
+    conversation's, to be parked before the slot is reused. Not when the slot holds this whole prompt, grown
+    by an old answer: the same prompt asked again (a retry, another sample, a benchmark's repeat) does not
+    continue that answer, which is dropped, as llama-server does."""
+    is_repeat = 0 < prefix == len(usable)
+    return 2 * prefix < len(slot.tokens) and not is_repeat
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
