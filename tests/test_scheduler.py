@@ -185,10 +185,31 @@ def test_the_longest_prefix_is_moved_into_the_lowest_free_slot():
 def test_an_idle_cache_stays_in_its_slot_while_nothing_runs():
     kv = FakeKv()
     slots = SlotTable(2, kv, park_budget=10_000)
-    slot = use(slots, kv, [1], [1, 2, 3, 4, 5, 6])
-    lease = slots.acquire([1, 2, 3, 4, 7])  # a lone chat's next turn: no copy, just a trim
-    assert (lease.slot, lease.num_reused) == (slot, 4)
+    cached = list(range(1, 101))
+    slot = use(slots, kv, [1], cached)
+    # A lone chat's next turn, its last two cached tokens written otherwise (e.g. the answer's end as the
+    # template renders it): computing those two again is cheaper than copying 100 out, so no copy, a trim.
+    lease = slots.acquire(cached[:98] + [7, 8])
+    assert (lease.slot, lease.num_reused) == (slot, 98)
     assert [call[0] for call in kv.calls] == ["trim", "trim"] and not slots.parked
+
+
+def test_two_chats_sharing_a_system_prompt_keep_both_caches_while_they_take_turns():
+    """Found by two alternating ollama-client chats: the second shared 26 of the first's 46 cached tokens
+    (the default system prompt), took its slot in place and cut the first's conversation, which then
+    computed its whole prompt again at its next turn."""
+    kv = FakeKv()
+    slots = SlotTable(4, kv, park_budget=100_000)
+    system = list(range(1, 27))
+    first = system + [100] * 20
+    use(slots, kv, first[:30], first)
+    second = system + [200] * 8
+    lease = slots.acquire(second)
+    assert lease.num_reused == 26 and [entry.tokens for entry in slots.parked] == [first]
+    kv.compute(lease.slot, len(second))
+    slots.release(lease.slot, second)
+    again = slots.acquire(first + [101])
+    assert again.num_reused == len(first) and again.slot != lease.slot
 
 
 def test_idle_caches_stay_in_place_while_other_slots_run():

@@ -130,7 +130,7 @@ class SlotTable:
             saved = self._kv.save_slot(source.id)
             tokens, source.tokens = source.tokens, []
             target.tokens = tokens if self._kv.restore_slot(target.id, saved) else []
-        elif _is_mostly_another(target, source_prefix, usable):
+        elif _is_rest_worth_keeping(target, source_prefix, usable):
             # Keep all of it parked for whoever continues it rather than cut it, and still reuse its prefix
             # here (a copy is parked; the slot keeps its KV and is trimmed below).
             self._park(target, keep_in_slot=source_prefix > 0)
@@ -207,20 +207,22 @@ class SlotTable:
 
 def _is_worth_copying(source: Slot, prefix: int, usable: Sequence[int], is_in_place: bool) -> bool:
     """Whether reusing ``prefix`` tokens cached in ``source`` pays for the copy it takes: none when it is
-    used in place and is not mostly another conversation's; otherwise its whole cache is copied out (parked
-    for the conversation it belongs to, or moved next to the running slots)."""
-    if is_in_place and not _is_mostly_another(source, prefix, usable):
+    used in place and the rest of its cache is not worth keeping; otherwise its whole cache is copied out
+    (parked for the conversation it belongs to, or moved next to the running slots)."""
+    if is_in_place and not _is_rest_worth_keeping(source, prefix, usable):
         return True
     return prefix * COPIED_PER_COMPUTED >= len(source.tokens)
 
 
-def _is_mostly_another(slot: Slot, prefix: int, usable: Sequence[int]) -> bool:
-    """Whether ``slot``'s cache, of which the prompt shares ``prefix`` tokens, is mostly another
-    conversation's, to be parked before the slot is reused. Not when the slot holds this whole prompt, grown
-    by an old answer: the same prompt asked again (a retry, another sample, a benchmark's repeat) does not
-    continue that answer, which is dropped, as llama-server does."""
+def _is_rest_worth_keeping(slot: Slot, prefix: int, usable: Sequence[int]) -> bool:
+    """Whether the part of ``slot``'s cache past the ``prefix`` this prompt shares (another conversation's,
+    e.g. after a common system prompt) is worth parking before the slot is reused: computing it again, should
+    that conversation go on, would cost more than copying the whole cache now. Not when the slot holds this
+    whole prompt, grown by an old answer: the same prompt asked again (a retry, another sample, a benchmark's
+    repeat) does not continue that answer, which is dropped, as llama-server does."""
+    rest = len(slot.tokens) - prefix
     is_repeat = 0 < prefix == len(usable)
-    return 2 * prefix < len(slot.tokens) and not is_repeat
+    return rest > 0 and not is_repeat and rest * COPIED_PER_COMPUTED >= len(slot.tokens)
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
