@@ -153,6 +153,23 @@ def test_load_options_reload_the_model(store_root):
     run(scenario())
 
 
+def test_the_prompt_cache_on_disk_is_kept_apart_per_kv_layout(store_root):
+    """Flash attention stores V by rows, without it V is transposed; llama.cpp refuses a sequence state saved
+    in the other layout (``incompatible V transposition``), so each layout and KV type has its own folder."""
+    async def scenario():
+        h = Harness(store_root)
+        await h.complete("smollm2")
+        await h.complete("smollm2", options={"flash_attention": True})
+        h2 = Harness(store_root, kv_cache_type="q8_0")
+        await h2.complete("smollm2")
+        folders = [Path(e.config.prompt_cache_dir) for e in h.opened + h2.opened]
+        assert len(set(folders)) == 3 and len({folder.parent for folder in folders}) == 1
+        assert folders[0].name.endswith("-f16")  # the default layout keeps the folder earlier versions wrote
+        await h.runtime.close()
+        await h2.runtime.close()
+    run(scenario())
+
+
 def test_keep_alive_zero_unloads_after_the_request_and_expiry_unloads_later(store_root):
     async def scenario():
         h = Harness(store_root)

@@ -397,6 +397,7 @@ class Runtime:
         trained = details.context_length or DEFAULT_NUM_CTX
         adapters = tuple((adapter.path, adapter.scale * load.adapter_scale) for adapter in stored.adapters)
         num_ctx = load.num_ctx or self.settings.context_length or min(DEFAULT_NUM_CTX, trained)
+        flash_attention = self.settings.flash_attention if load.flash_attention is None else load.flash_attention
         return EngineConfig(
             num_ctx=num_ctx,
             num_parallel=load.num_parallel or self.settings.num_parallel,
@@ -406,16 +407,17 @@ class Runtime:
             num_gpu=load.num_gpu if self._gguf_device() != "cpu" else 0,
             use_mmap=load.use_mmap,
             use_mlock=load.use_mlock,
-            flash_attention=self.settings.flash_attention if load.flash_attention is None else load.flash_attention,
+            flash_attention=flash_attention,
             prompt_cache=self.settings.prompt_cache << 20,
             prefix_reuse=self.settings.prefix_reuse,
             kv_cache_type=self.settings.kv_cache_type,
             # Idle caches survive unloads and restarts here, keyed by the weights' and adapters' blobs and the
-            # adapters' scales (KV depends on them, not on a manifest's parameters) and the KV element type (a
-            # cache saved with one cannot be read into another).
+            # adapters' scales (KV depends on them, not on a manifest's parameters) and the KV layout: its
+            # element type, and with flash attention a V cache stored by rows rather than transposed. llama.cpp
+            # refuses a cache saved in another layout, which would cost each reused prompt a failed restore.
             prompt_cache_dir=str(self.store.prompt_cache_dir(
                 [stored.path.name, *(f"{path.name}@{scale:g}" for path, scale in adapters)],
-                self.settings.kv_cache_type)),
+                self.settings.kv_cache_type + ("-fa" if flash_attention else ""))),
             num_draft=self._num_draft(stored, load),
             draft_model=str(stored.draft) if stored.draft and stored.format == "gguf" else "",
             adapters=tuple((str(path), scale) for path, scale in adapters),

@@ -83,11 +83,12 @@ class Store:
         self.manifests_dir = self.root / "manifests"
         self.kvcache_dir = self.root / "kvcache"  # one folder per weights (+ adapters) and KV type
 
-    def prompt_cache_dir(self, blobs: list[str], kv_cache_type: str) -> Path:
+    def prompt_cache_dir(self, blobs: list[str], kv_layout: str) -> Path:
         """Where a model's idle KV is written and read back (engine/kv_files.py): named by the blobs the KV
-        depends on (the weights first, then each adapter with its scale) and the KV element type, so a
-        cache is only ever read into the model that computed it, and goes when those blobs go."""
-        return self.kvcache_dir / "-".join([*blobs, kv_cache_type])
+        depends on (the weights first, then each adapter with its scale) and the KV layout (element type,
+        V transposed or not), so a cache is only ever read into the model and layout that computed it, and
+        goes when those blobs go."""
+        return self.kvcache_dir / "-".join([*blobs, kv_layout])
 
     @classmethod
     def from_settings(cls, settings: Any) -> Store:
