@@ -300,6 +300,42 @@ def test_a_conversation_sharing_a_token_or_two_takes_an_empty_slot_instead():
     assert kv.calls == [("trim", 1, 0)] and slots.slots[0].tokens == other and not slots.parked
 
 
+def test_a_parked_cache_sharing_a_token_or_two_is_left_parked_not_restored():
+    kv = FakeKv()
+    slots = SlotTable(2, kv, park_budget=10_000)
+    other = [1] + [7] * 39
+    slots.adopt(other, bytes(400))  # e.g. read back from disk
+    lease = slots.acquire([1, 9, 9])  # restoring 40 tokens' KV to reuse 1 costs more than computing it
+    assert (lease.slot, lease.num_reused) == (0, 0)
+    assert not any(call[0] == "restore" for call in kv.calls)
+    assert [entry.tokens for entry in slots.parked] == [other]
+
+
+def test_a_parked_cache_restored_for_its_shared_prefix_stays_parked_for_its_own_conversation():
+    """Restoring copies the parked KV: the prompt sharing its system prompt reuses that prefix, and the
+    conversation it holds can still continue from the parked copy instead of being cut to the prefix."""
+    kv = FakeKv()
+    slots = SlotTable(2, kv, park_budget=10_000)
+    other = [1, 2, 3, 4] + [7] * 36
+    slots.adopt(other, bytes(400))
+    lease = slots.acquire([1, 2, 3, 4, 9, 9])  # 4 × 32 ≥ 40: worth the restore
+    assert (lease.slot, lease.num_reused) == (0, 4)
+    assert [entry.tokens for entry in slots.parked] == [other]
+    kv.compute(lease.slot, 6)
+    slots.release(lease.slot, [1, 2, 3, 4, 9, 9])
+    again = slots.acquire(other + [8])
+    assert (again.slot, again.num_reused) == (1, len(other)) and slots.slots[0].tokens == [1, 2, 3, 4, 9, 9]
+
+
+def test_the_same_prompt_again_restores_its_parked_cache_and_drops_the_old_answer():
+    kv = FakeKv()
+    slots = SlotTable(1, kv, park_budget=10_000)
+    prompt = [1, 2, 3]
+    slots.adopt(prompt + [4, 5, 6, 7, 8, 9], bytes(90))
+    lease = slots.acquire(prompt)
+    assert lease.num_reused == 2 and not slots.parked
+
+
 def test_parked_caches_stay_within_the_budget_least_recently_used_dropped_first():
     kv = FakeKv()
     slots = SlotTable(1, kv, park_budget=100)  # 10 positions

@@ -9,9 +9,10 @@ to them; while nothing runs, any slot (see ``SlotTable.acquire``).
 A finished request leaves its KV behind together with the tokens it holds. A new request reuses the cache
 that shares the longest prefix with its prompt: in its own slot it is trimmed to that prefix; in another idle
 slot, or *parked* in host memory, it is copied into the new request's slot (``llama_state_seq_get_data`` /
-``set_data``: ~2.6 ms per 100 tokens out and ~1.1 ms back for SmolLM2 with its V cache transposed, against
-~3 ms per token to recompute). Caches pushed out of a slot that way are parked, within ``park_budget`` bytes,
-least recently used dropped first. Only the prompt's suffix is then computed.
+``set_data``: for SmolLM2 with its V cache transposed, ~0.6 ms per 100 tokens out and ~0.5 ms back measured
+alone, up to ~2.6 ms out while other slots decode, against ~4 ms per token to compute in a batch on the
+2-core test machine, llama-server alike). Caches pushed out of a slot that way are parked, within
+``park_budget`` bytes, least recently used dropped first. Only the prompt's suffix is then computed.
 
 Pure bookkeeping: the calls into llama.cpp are the ``KvOps`` the runner provides.
 """
@@ -23,8 +24,8 @@ from itertools import count
 from typing import Protocol, Sequence, Sized
 
 
-# Tokens whose KV is copied (out and back) for the price of computing one token's: ~80 measured (see above);
-# fewer here, so a doubtful case keeps the other conversation's cache rather than recompute.
+# Tokens whose KV is copied (out and back) for the price of computing one token's: some hundreds measured (see
+# above); far fewer here, so a doubtful case keeps the other conversation's cache rather than recompute.
 COPIED_PER_COMPUTED = 32
 
 
@@ -96,7 +97,9 @@ class SlotTable:
         empty (else the least recently used) slot, so that switching between conversations copies no KV
         (measured: parking a slot and restoring another took 2.8 ms of a lone request's 5 ms before its first
         decode, and grows with the cache). A prefix is only copied where that costs less than computing
-        it (``COPIED_PER_COMPUTED``), and the same prompt asked again drops the old answer its slot holds."""
+        it (``COPIED_PER_COMPUTED``), and the same prompt asked again drops the old answer its slot holds. A
+        parked cache restored for the prefix it shares (a system prompt) stays parked for the conversation it
+        holds."""
         free = [slot for slot in self.slots if not slot.is_busy]
         if not free:
             return None
@@ -108,6 +111,8 @@ class SlotTable:
             if prefix > source_prefix:
                 source, source_prefix = slot, prefix
         entry, entry_prefix = self._best_parked(usable)
+        if entry is not None and entry_prefix * COPIED_PER_COMPUTED < len(entry.tokens):
+            entry, entry_prefix = None, 0  # restoring its whole cache costs more than computing the few shared
         candidates = self._contiguous_choices(free)
         empty = next((slot for slot in candidates if not slot.tokens), None)
         is_in_place = source.id in {slot.id for slot in candidates}
@@ -125,6 +130,8 @@ class SlotTable:
             self._park(target)
             restored = self._kv.restore_slot(target.id, entry.saved)
             target.tokens = list(entry.tokens) if restored else []
+            if restored and _continues_past(entry.tokens, entry_prefix, usable):
+                self._add_parked(entry.tokens, entry.saved)  # another conversation's: it stays parked for it
         elif source is not target:
             self._park(target)
             saved = self._kv.save_slot(source.id)
@@ -153,9 +160,7 @@ class SlotTable:
     def adopt(self, tokens: Sequence[int], saved: Sized) -> None:
         """Take a cached prefix from elsewhere (the prompt cache on disk) as the most recently used parked one."""
         if tokens and 0 < len(saved) <= self.park_budget:
-            self.parked.append(Parked(list(tokens), saved, next(self._clock)))
-            while self.num_parked_bytes > self.park_budget:
-                self.parked.remove(min(self.parked, key=lambda entry: entry.last_used))
+            self._add_parked(list(tokens), saved)
 
     def cached_prefixes(self) -> list[tuple[list[int], Sized]]:
         """Every idle cache as (tokens, saved KV): idle slots' KV is saved (and the slots cleared), parked
@@ -200,6 +205,10 @@ class SlotTable:
             return
         # A cache this one extends is worth nothing more: every prompt that would reuse it reuses this.
         self.parked = [entry for entry in self.parked if common_prefix_length(entry.tokens, tokens) < len(entry.tokens)]
+        self._add_parked(tokens, saved)
+
+    def _add_parked(self, tokens: list[int], saved: Sized) -> None:
+        """Park as the most recently used, dropping the least recently used past the budget."""
         self.parked.append(Parked(tokens, saved, next(self._clock)))
         while self.num_parked_bytes > self.park_budget:
             self.parked.remove(min(self.parked, key=lambda entry: entry.last_used))
@@ -221,8 +230,14 @@ def _is_rest_worth_keeping(slot: Slot, prefix: int, usable: Sequence[int]) -> bo
     whole prompt, grown by an old answer: the same prompt asked again (a retry, another sample, a benchmark's
     repeat) does not continue that answer, which is dropped, as llama-server does."""
     rest = len(slot.tokens) - prefix
+    return _continues_past(slot.tokens, prefix, usable) and rest * COPIED_PER_COMPUTED >= len(slot.tokens)
+
+
+def _continues_past(cached: Sequence[int], prefix: int, usable: Sequence[int]) -> bool:
+    """Whether ``cached`` holds a conversation past the ``prefix`` this prompt shares with it that is not this
+    prompt's own old answer (see ``_is_rest_worth_keeping``)."""
     is_repeat = 0 < prefix == len(usable)
-    return rest > 0 and not is_repeat and rest * COPIED_PER_COMPUTED >= len(slot.tokens)
+    return len(cached) > prefix and not is_repeat
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
