@@ -329,7 +329,8 @@ def test_compare_report_ratios_and_verdicts(monkeypatch):
                                     rounds={"lokal": lokal_rounds, "llama-server": server_rounds},
                                     itl={"lokal": [(10.0, 12.0)] * 3, "llama-server": [(10.0, 15.0)] * 3},
                                     llama_server_turns=None,
-                                    rss_mb={"lokal": 300.0}, lokal_default_rss_mb=400.0, run_cold_seconds=[2.0, 2.5, 9])
+                                    rss_mb={"lokal": 300.0}, lokal_default_rss_mb=400.0, run_cold_seconds=[2.0, 2.5, 9],
+                                    restarted_chat=compare.RestartedChat([500.0, 600.0], cold_ttft_ms=2000.0))
     text = compare.markdown(measured, args)
     assert f"| 1 | 200.0 | 180.0 | {180 / 200:.2f} | 150.0 | {180 / 150:.2f} |" in text
     assert f"| 4 | 280.0 | 266.0 | {266 / 280:.2f} | 100.0 | {266 / 100:.2f} |" in text
@@ -338,7 +339,8 @@ def test_compare_report_ratios_and_verdicts(monkeypatch):
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         if len(cells) == 3 and ("≥" in cells[0] or "≤" in cells[0]):
             verdicts[cells[0]] = (cells[1], cells[2])
-    assert len(verdicts) == len(compare.TARGETS) + 3 * 2 + 1  # + tok/s and TTFT at 1, 4, 8 and the long prompt
+    # + tok/s and TTFT at 1, 4, 8, the long prompt, and the multi-turn ratio again across a restart
+    assert len(verdicts) == len(compare.TARGETS) + 3 * 2 + 1 + 1
     # Against llama-server: the median of the per-round ratios (1.10, 0.90, 1.20 at concurrency 1).
     assert verdicts["lokal / llama-server tok/s at concurrency 1 ≥ 1.0 (median ratio)"] == ("1.10", "met")
     assert verdicts["lokal / llama-server tok/s at concurrency 4 ≥ 1.0 (median ratio)"] == (f"{266 / 280:.2f}", "**missed**")
@@ -349,5 +351,7 @@ def test_compare_report_ratios_and_verdicts(monkeypatch):
     assert verdicts["lokal / ceiling at concurrency 8 ≥ 0.92"] == (f"{270 / 300:.2f}", "**missed**")
     assert verdicts["TTFT p50 at concurrency 1 ≤ 50 ms"] == ("40.00", "met")
     assert verdicts["multi-turn last-turn TTFT / cold ≤ 0.2"] == ("0.10", "met")
+    assert verdicts["the same, lokal serve restarted before the last turn ≤ 0.2"] == ("0.30", "**missed**")
+    assert "| lokal, restarted before turn 2 | 500.0 | 600.0 | 2000.0 | 0.300 |" in text
     assert verdicts["lokal serve idle RSS (default settings) ≤ 350 MiB"] == ("400.00", "**missed**")
     assert verdicts['`lokal run smollm2 "hi"` cold ≤ 3 s (median)'] == ("2.50", "met")
