@@ -4,10 +4,12 @@ the engine that computed it would have."""
 
 from __future__ import annotations
 
+import struct
+
 from engine_runs import run_to_end
 
 from lokal.engine import Engine, EngineConfig
-from lokal.engine.kv_files import load_prefixes, save_prefixes
+from lokal.engine.kv_files import for_stream_count, load_prefixes, save_prefixes
 from lokal.types import Done, SamplingOptions
 
 TURN_1 = "<|im_start|>user\nList three fruits.<|im_end|>\n<|im_start|>assistant\n"
@@ -56,6 +58,37 @@ def test_a_chat_continued_on_a_new_engine_reuses_the_cache_from_disk(smollm2_pat
         ids, done = run(engine, turn_2)
     assert ids == expected
     assert done.prompt_eval_count == in_memory.prompt_eval_count  # only the new turn was computed
+
+
+def test_a_chat_continued_under_another_num_parallel_still_reuses_the_cache(smollm2_path, tmp_path):
+    """llama.cpp's sequence state records the saving context's number of KV streams (one per slot) and a
+    context with another refuses it: without reframing, changing LOKAL_NUM_PARALLEL lost every cached chat."""
+    cache = tmp_path / "cache"
+    with Engine(smollm2_path, EngineConfig(num_ctx=512, num_parallel=3)) as engine:
+        turn_1 = engine.tokenize(TURN_1)
+        answer_1, _ = run(engine, turn_1)
+        turn_2 = turn_1 + answer_1 + engine.tokenize(TURN_2, add_special=False)
+        expected, in_memory = run(engine, turn_2)
+    with Engine(smollm2_path, EngineConfig(num_ctx=512, num_parallel=2, prompt_cache_dir=str(cache))) as engine:
+        assert run(engine, turn_1)[0] == answer_1
+    with Engine(smollm2_path, EngineConfig(num_ctx=512, num_parallel=3, prompt_cache_dir=str(cache))) as engine:
+        ids, done = run(engine, turn_2)
+    assert ids == expected and done.prompt_eval_count == in_memory.prompt_eval_count
+
+
+def test_a_sequence_state_is_reframed_for_another_number_of_streams():
+    def u32(*values: int) -> bytes:
+        return struct.pack(f"<{len(values)}I", *values)
+    header = u32(0x12345678, 1)  # llama.cpp's magic number and the saving sequence's id, kept as they are
+    cells = u32(4) + b"meta and KV of 4 cells"  # the filled stream's block: its cell count, then its cells
+    saved = header + u32(3) + u32(0) + cells + u32(0)  # three streams, the sequence's own the second
+    assert for_stream_count(saved, 3) == saved
+    assert for_stream_count(saved, 2) == header + u32(2) + cells + u32(0)
+    assert for_stream_count(saved, 1) == header + u32(1) + cells
+    assert for_stream_count(for_stream_count(saved, 5), 3) == header + u32(3) + cells + u32(0, 0)
+    for odd in (b"", header, header + u32(0), header + u32(3) + u32(0, 0, 0), header + u32(2) + cells + u32(9),
+                header + u32(99) + cells):
+        assert for_stream_count(odd, 2) == odd  # not laid out as expected: left for llama.cpp to refuse
 
 
 def test_a_cache_for_another_layout_is_ignored(smollm2_path, tmp_path):

@@ -4,7 +4,8 @@ So a chat continued after ``lokal serve`` restarts (or after keep_alive unloaded
 its new turn. One directory per model digest and KV layout (the runtime picks it under the store), one file
 per cached prefix: a small header, the token ids whose KV it holds, then llama.cpp's sequence state. The
 directory is bounded in bytes; the least recently written files go first. A file that is unreadable, for
-another model or layout, or that llama.cpp refuses is simply skipped: the prompt is then computed.
+another model or layout, or that llama.cpp refuses is simply skipped: the prompt is then computed. A state
+written under another ``num_parallel`` is reframed for this one (``for_stream_count``).
 
 Loading reads only each file's header and token ids: the KV itself (tens of MB for a long chat) stays on disk
 until a prompt reuses it (``KvFile.read``), so a restart with a full cache costs no memory up front.
@@ -25,6 +26,8 @@ log = logging.getLogger("lokal.engine")
 MAGIC = b"LKKV"
 VERSION = 1
 _HEADER = struct.Struct("<4sII")  # magic, version, number of tokens
+_U32 = struct.Struct("<I")
+_STATE_HEADER = struct.Struct("<Ii")  # llama.cpp's sequence state: its magic number, the saving sequence's id
 SUFFIX = ".kv"
 
 
@@ -46,6 +49,35 @@ class KvFile:
         except OSError:
             return None
         return data if len(data) == self.size else None
+
+
+def for_stream_count(state: bytes, num_streams: int) -> bytes:
+    """llama.cpp's sequence state of a plain KV cache, as a context with ``num_streams`` KV streams reads it.
+
+    After its header (a magic number and the saving sequence's id) the state gives the number of streams of
+    the context that saved it (one per sequence: lokal's ``num_parallel``), then one block per stream: a cell
+    count, zero for every stream but the sequence's own, whose cells follow. A context with another number of
+    streams refuses it outright, so a cache written under one LOKAL_NUM_PARALLEL would never be read under
+    another. The reader puts the cells in its own sequence's stream whatever block they come in, so the same
+    cells are reframed: the count, the one block, then empty ones. Anything not laid out so is returned as it
+    is, for llama.cpp to refuse. Only for a model whose memory is one plain KV cache (the runner checks): a
+    sliding-window or recurrent model's state holds more sections after the first."""
+    header = _STATE_HEADER.size
+    if len(state) < header + _U32.size:
+        return state
+    (saved_streams,) = _U32.unpack_from(state, header)
+    if saved_streams == num_streams or not 0 < saved_streams <= (len(state) - header) // _U32.size - 1:
+        return state
+    # Empty blocks (a zero count each) up to the filled one; its cells, then empty blocks, follow.
+    first = header + _U32.size
+    filled = next((i for i in range(saved_streams) if _U32.unpack_from(state, first + _U32.size * i)[0]), None)
+    if filled is None:
+        return state
+    trailing = _U32.size * (saved_streams - filled - 1)
+    if trailing and any(state[len(state) - trailing:]):
+        return state
+    block = state[first + _U32.size * filled:len(state) - trailing]
+    return state[:header] + _U32.pack(num_streams) + block + bytes(_U32.size * (num_streams - 1))
 
 
 @dataclass

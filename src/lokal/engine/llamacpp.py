@@ -21,7 +21,7 @@ import llama_cpp as llama
 import numpy as np
 
 from lokal.config import physical_cores
-from lokal.engine.kv_files import KvFile
+from lokal.engine.kv_files import KvFile, for_stream_count
 from lokal.engine.logprobs import token_logprob
 from lokal.engine.pages import anonymous_mappings, release_zeroed_pages
 from lokal.errors import BadRequest, LokalError, ModelLoadError
@@ -197,6 +197,13 @@ class Runner:
     @property
     def num_live_samplers(self) -> int:
         return len(self._samplers)
+
+    @property
+    def _has_plain_kv_cache(self) -> bool:
+        """Memory that is one KV cache: not a sliding-window pair, nor recurrent state (see for_stream_count)."""
+        model = self._model
+        return not (llama.llama_model_is_recurrent(model) or llama.llama_model_is_hybrid(model)
+                    or llama.llama_model_n_swa(model) > 0)
 
     def _fill_chain(self, chain: object, sampling: SamplingOptions, history: Sequence[int]) -> None:
         add = llama.llama_sampler_chain_add
@@ -482,6 +489,8 @@ class Runner:
             data = saved.read()
             if data is None:
                 return False
+            if self._has_plain_kv_cache:  # one stream per sequence, whatever num_parallel wrote the file
+                data = for_stream_count(data, llama.llama_n_seq_max(self._ctx))
             saved = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         if llama.llama_state_seq_set_data(self._ctx, saved, len(saved), slot) == 0:
             llama.llama_memory_seq_rm(self._memory, slot, -1, -1)
