@@ -112,7 +112,7 @@ class SlotTable:
                 source, source_prefix = slot, prefix
         entry, entry_prefix = self._best_parked(usable)
         if entry is not None and entry_prefix * COPIED_PER_COMPUTED < len(entry.tokens):
-            entry, entry_prefix = None, 0  # restoring its whole cache costs more than computing the few shared
+            entry, entry_prefix = None, 0  # restoring all of it costs more than computing the few tokens shared
         candidates = self._contiguous_choices(free)
         empty = next((slot for slot in candidates if not slot.tokens), None)
         is_in_place = source.id in {slot.id for slot in candidates}
