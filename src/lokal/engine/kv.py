@@ -172,6 +172,12 @@ class SlotTable:
                 slot.tokens = []
         return prefixes
 
+    def forget(self) -> None:
+        """Drop every parked cache and what the slots are known to hold: the context is going away."""
+        self.parked.clear()
+        for slot in self.slots:
+            slot.tokens = []
+
     def release(self, slot_id: int, cached: Sequence[int]) -> None:
         """Give a slot back, remembering ``cached``: the tokens whose KV it now holds."""
         slot = self.slots[slot_id]
