@@ -18,7 +18,7 @@ def test_defaults_are_ollamas():
     assert settings.max_queue == 512
     assert settings.num_parallel == 4
     assert settings.context_length is None
-    assert settings.flash_attention is False
+    assert settings.flash_attention is None  # auto: see lokal.engine.cpu_build
     assert settings.kv_cache_type == "f16"
     assert settings.prompt_cache == 512
     assert settings.source("LOKAL_HOST") == "default"
@@ -82,3 +82,11 @@ def test_invalid_values_name_the_variable():
 
 def test_kv_cache_type_takes_ollamas_variable_in_any_case():
     assert Settings(environ={"OLLAMA_KV_CACHE_TYPE": "F16"}).kv_cache_type == "f16"
+
+
+def test_flash_attention_is_auto_unless_set():
+    assert Settings(environ={"LOKAL_FLASH_ATTENTION": "auto"}).flash_attention is None
+    assert Settings(environ={"OLLAMA_FLASH_ATTENTION": "1"}).flash_attention is True
+    assert Settings(environ={"LOKAL_FLASH_ATTENTION": "false"}).flash_attention is False
+    with pytest.raises(ConfigError):
+        Settings(environ={"LOKAL_FLASH_ATTENTION": "sometimes"}).flash_attention

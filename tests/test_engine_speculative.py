@@ -45,11 +45,11 @@ def test_greedy_output_with_guessing_equals_the_plain_llama_cpp_loop(smollm2_pat
     # kernels, so a later near-tie (a fraction of a logit) could break the other way (see README).
     tokens = speculative.tokenize(COPY_PROMPT)
     expected = greedy_reference(smollm2_path, tokens, 48)
-    assert len(expected) >= 40, "the reference must produce enough tokens for the test to mean something"
+    assert len(expected) >= 32, "the reference must produce enough tokens for the test to mean something"
     before = speculative.num_draft_accepted
     ids, done = run_to_end(speculative, tokens, SamplingOptions(temperature=0, num_predict=48))
     assert ids == expected
-    assert done.eval_count == len(expected)
+    assert done.eval_count == len(expected) + (done.reason == "stop")  # the end-of-generation token counts
     # Parts of the answer repeat the prompt or itself: those came out of accepted guesses.
     assert speculative.num_draft_accepted - before >= 2
 

@@ -158,13 +158,13 @@ def test_the_prompt_cache_on_disk_is_kept_apart_per_kv_layout(store_root):
     in the other layout (``incompatible V transposition``), so each layout and KV type has its own folder."""
     async def scenario():
         h = Harness(store_root)
-        await h.complete("smollm2")
+        await h.complete("smollm2", options={"flash_attention": False})
         await h.complete("smollm2", options={"flash_attention": True})
         h2 = Harness(store_root, kv_cache_type="q8_0")
         await h2.complete("smollm2")
         folders = [Path(e.config.prompt_cache_dir) for e in h.opened + h2.opened]
         assert len(set(folders)) == 3 and len({folder.parent for folder in folders}) == 1
-        assert folders[0].name.endswith("-f16")  # the default layout keeps the folder earlier versions wrote
+        assert folders[0].name.endswith("-f16")  # without flash attention: the folder earlier versions wrote
         await h.runtime.close()
         await h2.runtime.close()
     run(scenario())

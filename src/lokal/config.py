@@ -68,6 +68,11 @@ def parse_host(raw: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port) if port else DEFAULT_PORT
 
 
+def parse_optional_bool(raw: str) -> bool | None:
+    """A boolean, or None for "auto" (or empty): lokal decides."""
+    return None if raw.strip().lower() in ("auto", "") else parse_bool(raw)
+
+
 def parse_optional_int(raw: str) -> int | None:
     return int(raw) if raw.strip() else None
 
@@ -160,8 +165,8 @@ SETTINGS: tuple[Setting, ...] = (
             "checked in the same decode (0: off).", int),
     Setting("LOKAL_KV_CACHE_TYPE", "f16", "KV cache element type: f16, q8_0 (half of f16's memory) or q4_0.",
             parse_kv_cache_type, "OLLAMA_KV_CACHE_TYPE"),
-    Setting("LOKAL_FLASH_ATTENTION", "0", "Flash attention where llama.cpp supports it for the model.",
-            parse_bool, "OLLAMA_FLASH_ATTENTION"),
+    Setting("LOKAL_FLASH_ATTENTION", "auto", "Flash attention where llama.cpp supports it for the model (auto: "
+            "on, unless this llama.cpp build runs it slowly).", parse_optional_bool, "OLLAMA_FLASH_ATTENTION"),
     Setting("LOKAL_NUM_THREAD", "", "CPU threads for inference (default: physical cores).",
             parse_optional_int, "OLLAMA_NUM_THREAD"),
     Setting("LOKAL_ORIGINS", "", "Extra allowed CORS origins, comma separated.", parse_list, "OLLAMA_ORIGINS"),

@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator, Callable, Iterator, Literal
 
 from lokal.config import Settings, physical_cores
 from lokal.engine import AsyncSink, EngineConfig, grammar_for
+from lokal.engine.cpu_build import default_flash_attention
 from lokal.engine.open import ModelEngine, open_engine
 from lokal.errors import (BadRequest, InsufficientMemory, LokalError, ModelLoadError, ServerBusy,
                           UnsupportedCapability)
@@ -398,6 +399,8 @@ class Runtime:
         adapters = tuple((adapter.path, adapter.scale * load.adapter_scale) for adapter in stored.adapters)
         num_ctx = load.num_ctx or self.settings.context_length or min(DEFAULT_NUM_CTX, trained)
         flash_attention = self.settings.flash_attention if load.flash_attention is None else load.flash_attention
+        if flash_attention is None:  # resolved here: the prompt cache's folder depends on it
+            flash_attention = default_flash_attention()
         return EngineConfig(
             num_ctx=num_ctx,
             num_parallel=load.num_parallel or self.settings.num_parallel,

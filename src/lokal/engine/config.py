@@ -18,7 +18,7 @@ class EngineConfig:
     num_gpu: int = -1  # layers to offload; -1 all
     use_mmap: bool = True
     use_mlock: bool = False
-    flash_attention: bool = False  # where llama.cpp supports it for the model; see README for the trade-off
+    flash_attention: bool | None = None  # where llama.cpp supports it; None: cpu_build.default_flash_attention
     kv_cache_type: str = "f16"  # a key of lokal.hardware.KV_CACHE_TYPES
     embedding: bool = False  # embedding-only use: no generation context at all
     prompt_cache: int = 512 << 20  # bytes of idle slots' KV parked in host memory for prefix reuse (kv.py)

@@ -21,6 +21,7 @@ import llama_cpp as llama
 import numpy as np
 
 from lokal.config import physical_cores
+from lokal.engine.cpu_build import default_flash_attention
 from lokal.engine.kv_files import KvFile, for_stream_count
 from lokal.engine.logprobs import token_logprob
 from lokal.engine.pages import anonymous_mappings, release_zeroed_pages
@@ -305,7 +306,9 @@ class Runner:
         # slot table keeps busy slots packed at the low ids and ``decode`` orders a batch by slot.
         params = self._context_params(n_ctx=config.num_ctx * config.num_parallel, n_batch=config.batch_size,
                                       n_seq_max=config.num_parallel)
-        params.flash_attn_type = (llama.LLAMA_FLASH_ATTN_TYPE_AUTO if config.flash_attention
+        use_flash_attention = (default_flash_attention() if config.flash_attention is None
+                               else config.flash_attention)
+        params.flash_attn_type = (llama.LLAMA_FLASH_ATTN_TYPE_AUTO if use_flash_attention
                                   else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         params.type_k = params.type_v = _KV_CACHE_GGML_TYPES[config.kv_cache_type]
         mapped_before = anonymous_mappings()
