@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from lokal.engine.cpu_build import default_flash_attention
 from lokal.engine.llamacpp import extra_buffers_are_safe
 
 MODEL = "smollm2"
@@ -154,8 +155,9 @@ class Reference:
 
         low_level.llama_model_default_params = safe_default_params
         try:
+            # logits_all: for logprobs. Flash attention as lokal's engine decides it: the kernels round differently.
             self.llama = llama_cpp.Llama(model_path=model_path, lora_path=lora_path, n_ctx=1024, n_threads=2,
-                                         logits_all=logits_all, verbose=False)  # logits_all: for logprobs
+                                         logits_all=logits_all, flash_attn=default_flash_attention(), verbose=False)
         finally:
             low_level.llama_model_default_params = default_params
 

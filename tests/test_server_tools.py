@@ -110,6 +110,10 @@ def test_unknown_named_tool_is_400(openai_client):
 
 def test_ollama_tools_never_show_markup(ollama_client):
     """Without tool_choice (Ollama has none) the model decides; whatever it does, calls come out parsed."""
+    # Asked once first, so that both requests compared reuse its prompt's KV and compute only the last prompt
+    # token: a first request computes it inside the prompt's batch, whose kernels round differently, and at a
+    # near-tie a greedy answer can turn the other way.
+    ollama_client.chat(model=MODEL, messages=ASK, tools=[WEATHER], options={"temperature": 0, "num_predict": 1})
     streamed_calls, content = [], ""
     for chunk in ollama_client.chat(model=MODEL, messages=ASK, tools=[WEATHER], stream=True,
                                     options={"temperature": 0, "num_predict": 60}):
