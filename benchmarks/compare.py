@@ -46,6 +46,7 @@ import httpx
 from lokal.bench import BenchConfig, HttpTarget, Work, conversation_opening, prompt_text, run_bench
 from lokal.bench_report import BenchReport, LevelStats, RequestResult, describe_machine, summarize
 from lokal.config import physical_cores
+from lokal.engine.cpu_build import default_flash_attention
 from lokal.engine.llamacpp import extra_buffers_are_safe
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -139,7 +140,8 @@ class DecodeLoop:
         params.n_seq_max = concurrency
         params.kv_unified = False  # a KV stream per sequence, as lokal's engine and llama-server run
         params.n_threads = params.n_threads_batch = self.num_threads
-        params.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_DISABLED  # lokal's default
+        params.flash_attn_type = (llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if default_flash_attention()  # lokal's default
+                                  else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         params.no_perf = True
         ctx = llama.llama_init_from_model(self.model, params)
         batch = llama.llama_batch_init(n_batch, 0, 1)
@@ -601,7 +603,9 @@ def markdown(m: Measurements, args: argparse.Namespace) -> str:
              f"/v1/completions requests per level, prompts of ≈{args.prompt_tokens} tokens, {args.max_tokens} tokens "
              f"out with EOS ignored (lokal: options.ignore_eos; llama-cpp-python: logit_bias −1e9 on the EOG tokens; "
              f"ceiling: the same mask in its sampler chain), temperature 0. lokal: LOKAL_NUM_PARALLEL="
-             f"{max(args.concurrency)}, LOKAL_CONTEXT_LENGTH={args.num_ctx}; llama-cpp-python: n_ctx={args.num_ctx}.",
+             f"{max(args.concurrency)}, LOKAL_CONTEXT_LENGTH={args.num_ctx}; llama-cpp-python: n_ctx={args.num_ctx}. "
+             f"Flash attention in lokal and the ceiling: {'on' if default_flash_attention() else 'off'} (lokal's "
+             f"default with this build); llama-server: its default (auto).",
              "", *peer_table(m, args),
              "Further rows (one run each; lokal's is its first alternating run):", "", "| concurrency | ceiling tok/s | lokal tok/s | lokal / ceiling | llama-cpp-python tok/s | "
              "lokal / llama-cpp-python |", "|---:|---:|---:|---:|---:|---:|"]
