@@ -23,6 +23,7 @@ import numpy as np
 from lokal.config import physical_cores
 from lokal.engine.cpu_build import default_flash_attention
 from lokal.engine.kv_files import KvFile, for_stream_count
+from lokal.engine.llamacpp_pooling import PoolingContext, free_context
 from lokal.engine.logprobs import token_logprob
 from lokal.engine.pages import anonymous_mappings, release_zeroed_pages
 from lokal.errors import BadRequest, LokalError, ModelLoadError
@@ -32,9 +33,7 @@ if TYPE_CHECKING:
     from lokal.engine.config import EngineConfig
     from lokal.engine.request import Chunk
 
-EMBED_SEQS_PER_BATCH = 8
 CLEAR_MARGIN = 1.0  # logits; batched and one-token kernels differ by orders of magnitude less (see decode)
-_MIN_EMBED_CONTEXT = 512
 
 
 @llama.llama_log_callback
@@ -80,9 +79,7 @@ class Runner:
         self._model = None
         self._ctx = None
         self._batch: llama.llama_batch | None = None
-        self._embed_ctx = None
-        self._embed_batch: llama.llama_batch | None = None
-        self._embed_size = 0
+        self._pooling = PoolingContext(self)
         self._samplers: dict[int, Sampler] = {}  # live ones by id
         self._candidates: llama.llama_token_data_array | None = None  # for grammar requests, made on first use
         self._samplers_lock = threading.Lock()
@@ -200,6 +197,11 @@ class Runner:
         return len(self._samplers)
 
     @property
+    def model(self) -> Any:
+        """llama.cpp's model handle, for the contexts made from it (llamacpp_pooling)."""
+        return self._model
+
+    @property
     def _has_plain_kv_cache(self) -> bool:
         """Memory that is one KV cache: not a sliding-window pair, nor recurrent state (see for_stream_count)."""
         model = self._model
@@ -291,7 +293,7 @@ class Runner:
             loaded.append((adapter, scale))
         return loaded
 
-    def _apply_adapters(self, ctx: Any) -> None:
+    def apply_adapters(self, ctx: Any) -> None:
         if not self._adapters:
             return
         adapters = (llama.llama_adapter_lora_p_ctypes * len(self._adapters))(*(a for a, _ in self._adapters))
@@ -304,7 +306,7 @@ class Runner:
         # One KV stream per sequence (not unified), as llama-server runs: each sequence attends over its own
         # cells only. llama.cpp computes one micro-batch per run of consecutive sequence ids, which is why the
         # slot table keeps busy slots packed at the low ids and ``decode`` orders a batch by slot.
-        params = self._context_params(n_ctx=config.num_ctx * config.num_parallel, n_batch=config.batch_size,
+        params = self.context_params(n_ctx=config.num_ctx * config.num_parallel, n_batch=config.batch_size,
                                       n_seq_max=config.num_parallel)
         use_flash_attention = (default_flash_attention() if config.flash_attention is None
                                else config.flash_attention)
@@ -322,7 +324,7 @@ class Runner:
         if not self._ctx:
             self.close()
             raise ModelLoadError(f"llama.cpp could not create a context of {params.n_ctx} tokens")
-        self._apply_adapters(self._ctx)
+        self.apply_adapters(self._ctx)
         self._memory = llama.llama_get_memory(self._ctx)
         self.num_released_bytes = release_zeroed_pages(mapped_before)
         self._batch = llama.llama_batch_init(config.batch_size, 0, 1)
@@ -336,7 +338,7 @@ class Runner:
         for i in range(size):
             self._batch.n_seq_id[i] = 1
 
-    def _context_params(self, n_ctx: int, n_batch: int, n_seq_max: int) -> llama.llama_context_params:
+    def context_params(self, n_ctx: int, n_batch: int, n_seq_max: int) -> llama.llama_context_params:
         params = llama.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
@@ -534,77 +536,9 @@ class Runner:
         return [_normalized(v) for v in vectors] if normalize else vectors
 
     def _pooled(self, token_lists: Sequence[Sequence[int]]) -> list[list[float]]:
-        """The pooled output of each token list, as many lists in one decode as the context holds."""
-        self._open_embedding_context(max(len(tokens) for tokens in token_lists))
-        vectors: list[list[float]] = []
-        group: list[Sequence[int]] = []
-        num_tokens = 0
-        for tokens in token_lists:
-            if group and (num_tokens + len(tokens) > self._embed_size or len(group) == EMBED_SEQS_PER_BATCH):
-                vectors += self._embed_group(group)
-                group, num_tokens = [], 0
-            group.append(tokens)
-            num_tokens += len(tokens)
-        vectors += self._embed_group(group)
-        return vectors
-
-    def _open_embedding_context(self, longest: int) -> None:
-        # A context of its own: embeddings need pooling (fixed when a context is made) and every token of a
-        # sequence in one micro-batch, and must not disturb the generation slots' cached prefixes.
-        if longest <= self._embed_size:
-            return
-        self._close_embedding_context()
-        size = min(max(_MIN_EMBED_CONTEXT, -(-longest // 256) * 256), max(self.config.num_ctx, longest))
-        params = self._context_params(n_ctx=size, n_batch=size, n_seq_max=EMBED_SEQS_PER_BATCH)
-        params.n_ubatch = size
-        params.kv_unified = True  # its sequences share the one batch-sized cache, whatever their lengths
-        params.embeddings = True
-        arch = self.metadata.get("general.architecture", "")
-        has_own_pooling = f"{arch}.pooling_type" in self.metadata
-        params.pooling_type = llama.LLAMA_POOLING_TYPE_UNSPECIFIED if has_own_pooling else llama.LLAMA_POOLING_TYPE_MEAN
-        self._embed_ctx = llama.llama_init_from_model(self._model, params)
-        if not self._embed_ctx:
-            raise ModelLoadError(f"llama.cpp could not create an embedding context of {size} tokens")
-        self._apply_adapters(self._embed_ctx)
-        self._embed_batch = llama.llama_batch_init(size, 0, 1)
-        self._embed_size = size
-
-    def _embed_group(self, group: Sequence[Sequence[int]]) -> list[list[float]]:
-        batch = self._embed_batch
-        n = 0
-        for seq_id, tokens in enumerate(group):
-            for position, token in enumerate(tokens):
-                batch.token[n] = token
-                batch.pos[n] = position
-                batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = seq_id
-                batch.logits[n] = 1
-                n += 1
-        batch.n_tokens = n
-        memory = llama.llama_get_memory(self._embed_ctx)
-        if memory:
-            llama.llama_memory_clear(memory, True)
-        status = llama.llama_decode(self._embed_ctx, batch)
-        if status != 0:
-            raise LokalError(f"llama_decode failed with status {status} while embedding")
         # Rank pooling yields the classification head's outputs (one score for a reranker), not a vector.
         width = llama.llama_model_n_cls_out(self._model) if self.is_reranker else self.n_embd
-        vectors = []
-        for seq_id in range(len(group)):
-            pooled = llama.llama_get_embeddings_seq(self._embed_ctx, seq_id)
-            if not pooled:
-                raise LokalError("llama.cpp returned no pooled embedding for this model")
-            vectors.append(pooled[:width])
-        return vectors
-
-    def _close_embedding_context(self) -> None:
-        if self._embed_batch is not None:
-            llama.llama_batch_free(self._embed_batch)
-            self._embed_batch = None
-        if self._embed_ctx:
-            llama.llama_free(self._embed_ctx)
-            self._embed_ctx = None
-        self._embed_size = 0
+        return self._pooling.pooled(token_lists, width)
 
     # ---- lifetime ---------------------------------------------------------------------------------------
 
@@ -614,13 +548,9 @@ class Runner:
             samplers, self._samplers = list(self._samplers.values()), {}
         for sampler in samplers:
             _free_sampler(sampler)
-        self._close_embedding_context()
-        if self._batch is not None:
-            llama.llama_batch_free(self._batch)
-            self._batch = None
-        if self._ctx:
-            llama.llama_free(self._ctx)
-            self._ctx = None
+        self._pooling.close()
+        free_context(self._ctx, self._batch)
+        self._ctx, self._batch = None, None
         if self._model:
             llama.llama_model_free(self._model)
             self._model = None
