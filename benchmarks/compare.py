@@ -47,7 +47,7 @@ from lokal.bench import BenchConfig, HttpTarget, Work, conversation_opening, pro
 from lokal.bench_report import BenchReport, LevelStats, RequestResult, describe_machine, summarize
 from lokal.config import physical_cores
 from lokal.engine.cpu_build import default_flash_attention
-from lokal.engine.llamacpp import extra_buffers_are_safe
+from lokal.engine.llamacpp import extra_buffers_are_safe, flash_attn_type
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 MODEL = "smollm2"
@@ -140,8 +140,7 @@ class DecodeLoop:
         params.n_seq_max = concurrency
         params.kv_unified = False  # a KV stream per sequence, as lokal's engine and llama-server run
         params.n_threads = params.n_threads_batch = self.num_threads
-        params.flash_attn_type = (llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if default_flash_attention()  # lokal's default
-                                  else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        params.flash_attn_type = flash_attn_type()  # lokal's default
         params.no_perf = True
         ctx = llama.llama_init_from_model(self.model, params)
         batch = llama.llama_batch_init(n_batch, 0, 1)

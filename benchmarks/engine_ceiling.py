@@ -27,8 +27,7 @@ import llama_cpp as llama
 
 from lokal.config import physical_cores
 from lokal.engine import Engine, EngineConfig, SyncSink, set_llama_logging
-from lokal.engine.cpu_build import default_flash_attention
-from lokal.engine.llamacpp import extra_buffers_are_safe
+from lokal.engine.llamacpp import extra_buffers_are_safe, flash_attn_type
 from lokal.types import Done, SamplingOptions
 
 PROMPTS = [
@@ -63,8 +62,7 @@ class PlainLoop:
         context = llama.llama_context_default_params()
         context.n_ctx, context.n_batch, context.n_ubatch = NUM_CTX * num_seqs, 512, 512
         context.n_seq_max, context.kv_unified, context.no_perf = num_seqs, True, True
-        context.flash_attn_type = (llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if default_flash_attention()  # lokal's default
-                                   else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        context.flash_attn_type = flash_attn_type()  # lokal's default
         context.n_threads = context.n_threads_batch = threads
         self.ctx = llama.llama_init_from_model(self.model, context)
         self.batch = llama.llama_batch_init(512, 0, 1)

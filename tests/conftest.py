@@ -61,8 +61,7 @@ def _greedy_reference(model_path: str, prompt: list[int], num_tokens: int, n_ctx
     import numpy as np
 
     from lokal.config import physical_cores
-    from lokal.engine.cpu_build import default_flash_attention
-    from lokal.engine.llamacpp import extra_buffers_are_safe
+    from lokal.engine.llamacpp import extra_buffers_are_safe, flash_attn_type
 
     assert 0 < len(prompt) <= 512, "the reference decodes the prompt in one batch of at most 512 tokens"
     model_params = llama.llama_model_default_params()
@@ -73,8 +72,7 @@ def _greedy_reference(model_path: str, prompt: list[int], num_tokens: int, n_ctx
     params = llama.llama_context_default_params()
     params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, 512, 512
     params.n_threads = params.n_threads_batch = physical_cores()
-    params.flash_attn_type = (llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if default_flash_attention()
-                              else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED)  # as the engine loads by default
+    params.flash_attn_type = flash_attn_type()  # as the engine loads by default
     ctx = llama.llama_init_from_model(model, params)
     batch = llama.llama_batch_init(512, 0, 1)
     generated: list[int] = []

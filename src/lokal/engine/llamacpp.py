@@ -63,6 +63,14 @@ def extra_buffers_are_safe() -> bool:
     return b"AMX_INT8 = 1" not in llama.llama_print_system_info()
 
 
+def flash_attn_type(enabled: bool | None = None) -> int:
+    """llama.cpp's flash attention setting for a context: where the model supports it (AUTO) when ``enabled``,
+    else off; None takes lokal's default for this build (cpu_build.default_flash_attention)."""
+    if enabled is None:
+        enabled = default_flash_attention()
+    return llama.LLAMA_FLASH_ATTN_TYPE_AUTO if enabled else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
+
+
 def _load_mode(use_mmap: bool, use_mlock: bool) -> int:
     if use_mmap:
         return llama.LLAMA_LOAD_MODE_MMAP_MLOCK if use_mlock else llama.LLAMA_LOAD_MODE_MMAP
@@ -308,10 +316,7 @@ class Runner:
         # slot table keeps busy slots packed at the low ids and ``decode`` orders a batch by slot.
         params = self.context_params(n_ctx=config.num_ctx * config.num_parallel, n_batch=config.batch_size,
                                       n_seq_max=config.num_parallel)
-        use_flash_attention = (default_flash_attention() if config.flash_attention is None
-                               else config.flash_attention)
-        params.flash_attn_type = (llama.LLAMA_FLASH_ATTN_TYPE_AUTO if use_flash_attention
-                                  else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        params.flash_attn_type = flash_attn_type(config.flash_attention)
         params.type_k = params.type_v = _KV_CACHE_GGML_TYPES[config.kv_cache_type]
         mapped_before = anonymous_mappings()
         self._ctx = llama.llama_init_from_model(self._model, params)
