@@ -147,6 +147,9 @@ def test_final_object_leaves_out_zero_metrics_like_ollama():
     assert body["context"] == [1, 2] and body["prompt_eval_count"] == 5 and "load_duration" not in body
     line = json.loads(ollama_api.ChatRenderer("smollm2").token(internal.Token(text="Hi", ids=[1])))
     assert line["message"] == {"role": "assistant", "content": "Hi"} and line["done"] is False
+    # A prompt answered from the cache computes nothing; the count is still there, 0, for clients that add it up.
+    repeat = internal.Done(reason="stop", prompt_count=4, prompt_eval_count=0, prompt_eval_duration=9, eval_count=3)
+    assert ollama_api.GenerateRenderer("smollm2").final(repeat, Answer("Hi"))["prompt_eval_count"] == 0
 
 
 # ---- OpenAI -------------------------------------------------------------------------------------------------

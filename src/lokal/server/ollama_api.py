@@ -76,12 +76,14 @@ def to_chat_request(body: wire.ChatRequest) -> internal.GenerateRequest:
 
 
 def done_fields(done: internal.Done) -> dict[str, Any]:
-    """The last object's fields; zero metrics are left out, as Ollama's omitempty does."""
+    """The last object's fields; zero metrics are left out, as Ollama's omitempty does, except the prompt's
+    count: Ollama always computes at least the last prompt token, so clients count on the field (and add it up);
+    lokal computes none for a prompt it answered before (its logits are cached), which is 0, not missing."""
     fields: dict[str, Any] = {"done": True, "done_reason": done.reason}
     for name in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
                  "eval_count", "eval_duration"):
         value = getattr(done, name)
-        if value:
+        if value or name == "prompt_eval_count":
             fields[name] = value
     if done.knowledge:  # lokal: the knowledge chunks the model saw, so users can audit them
         fields["knowledge"] = done.knowledge
