@@ -59,6 +59,9 @@ def test_gemma_streams_stay_apart_and_end_tokens_are_its_own(engine):
 
 def test_gemma_prefix_reuse(engine):
     prompt = engine.tokenize(STORY)
-    generate(engine, prompt, SamplingOptions(temperature=0, num_predict=4))
-    _, _, again = generate(engine, prompt, SamplingOptions(temperature=0, num_predict=4))
-    assert again.prompt_eval_count == 1
+    _, first_ids, _ = generate(engine, prompt, SamplingOptions(temperature=0, num_predict=4))
+    _, again_ids, again = generate(engine, prompt, SamplingOptions(temperature=0, num_predict=4))
+    assert again.prompt_eval_count == 0 and again_ids == first_ids  # the first token from the cached logits
+    longer = prompt + engine.tokenize(" a", add_special=False)
+    _, _, longer_done = generate(engine, longer, SamplingOptions(temperature=0, num_predict=4))
+    assert longer_done.prompt_eval_count == 1

@@ -156,11 +156,30 @@ def test_prefix_reuse_computes_only_the_new_tokens(engine):
     assert second.prompt_eval_count == len(new) + 1
 
 
-def test_identical_prompts_recompute_only_the_last_token(engine):
+def test_an_identical_prompt_computes_nothing_before_its_first_token(engine):
+    # Its cache kept the logits the prompt ended with: the first token is sampled from them.
     prompt = engine.tokenize("The capital of France is a city called")
-    generate(engine, prompt, greedy(num_predict=3))
-    _, _, again = generate(engine, prompt, greedy(num_predict=3))
-    assert again.prompt_eval_count == 1
+    _, first_ids, first = generate(engine, prompt, greedy(num_predict=6, ignore_eos=True))
+    assert first.prompt_eval_count == len(prompt)  # no other test's prompt is this one
+    _, again_ids, again = generate(engine, prompt, greedy(num_predict=6, ignore_eos=True))
+    assert again.prompt_eval_count == 0 and again.prompt_eval_duration > 0
+    assert again_ids == first_ids and again.context == first.context
+
+
+def test_a_seeded_sample_of_an_identical_prompt_repeats_exactly(engine):
+    prompt = engine.tokenize("Name a colour, any colour:")
+    sampling = SamplingOptions(temperature=1.5, seed=1234, num_predict=8, ignore_eos=True)
+    _, first_ids, first = generate(engine, prompt, sampling)
+    _, again_ids, again = generate(engine, prompt, sampling)
+    assert first.prompt_eval_count == len(prompt) and again.prompt_eval_count == 0
+    assert again_ids == first_ids
+
+
+def test_a_prompt_one_token_longer_than_a_cached_one_computes_that_token_only(engine):
+    prompt = engine.tokenize("Rivers of Europe, in order of length:")
+    _, _, first = generate(engine, prompt, greedy(num_predict=2))
+    _, _, longer = generate(engine, prompt + engine.tokenize(" the", add_special=False), greedy(num_predict=2))
+    assert first.prompt_eval_count == len(prompt) and longer.prompt_eval_count == 1
 
 
 def test_a_cache_parked_while_another_request_ran_is_restored_and_continues_exactly(smollm2_path):
@@ -177,6 +196,9 @@ def test_a_cache_parked_while_another_request_ran_is_restored_and_continues_exac
                 assert other.prompt_eval_count > 1
                 is_parked = engine._scheduler.slots.num_parked_bytes > 0  # the story's KV left the context
                 assert is_parked == (num_parallel == 1)
+            # The story asked again: its logits came along with its KV, so nothing is computed.
+            _, _, story_again = generate(engine, story, greedy(num_predict=10, ignore_eos=True))
+            assert story_again.prompt_eval_count == 0 and story_again.context == first.context
             new = engine.tokenize(" The cat then", add_special=False)
             _, ids, follow_up = generate(engine, first.context + new, greedy(num_predict=16, ignore_eos=True))
             assert follow_up.prompt_eval_count == len(new) + 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lokal.engine.detok import Detokenizer
-from lokal.engine.kv import SlotTable, common_prefix_length
+from lokal.engine.kv import PromptLogits, SlotTable, common_prefix_length
 from lokal.engine.scheduler import Scheduler, StepPlan
 from lokal.engine.request import Request
 from lokal.types import SamplingOptions
@@ -377,14 +377,80 @@ def test_without_a_budget_idle_caches_are_dropped_rather_than_parked():
     assert not any(call[0] == "save" for call in kv.calls)
 
 
-def test_the_last_prompt_token_is_always_recomputed():
+def test_the_last_prompt_token_is_recomputed_when_its_logits_are_not_kept():
     slots = SlotTable(1, FakeKv())
     slots.acquire([0])
     slots.release(0, [5, 6, 7, 8])
     lease = slots.acquire([5, 6, 7, 8])  # identical prompt: reuse all but the last token
-    assert lease.num_reused == 3
+    assert lease.num_reused == 3 and lease.logits is None
     slots.release(0, [5, 6])
     assert slots.acquire([5, 6]).num_reused == 1
+
+
+def logits_after(prompt: list[int], nbytes: int = 100) -> PromptLogits:
+    return PromptLogits(len(prompt), f"logits after {prompt}", nbytes)
+
+
+def test_the_same_prompt_again_takes_the_logits_it_ended_with_and_reuses_all_of_it():
+    kv = FakeKv()
+    slots = SlotTable(2, kv, park_budget=10_000)
+    prompt = [1, 2, 3]
+    lease = slots.acquire(prompt)
+    kv.compute(lease.slot, 5)
+    slots.release(lease.slot, prompt + [4, 5], logits_after(prompt))
+    kv.calls.clear()
+    lease = slots.acquire(prompt)
+    assert (lease.slot, lease.num_reused, lease.logits) == (0, 3, logits_after(prompt))
+    assert kv.calls == [("trim", 0, 3)] and slots.slots[0].logits is None  # the request holds them now
+
+
+@pytest.mark.parametrize("prompt", [[1, 2], [1, 2, 3, 4], [1, 2, 9]])
+def test_any_other_prompt_recomputes_its_last_token(prompt):
+    kv = FakeKv()
+    slots = SlotTable(1, kv)
+    lease = slots.acquire([1, 2, 3])
+    kv.compute(lease.slot, 5)
+    slots.release(lease.slot, [1, 2, 3, 4, 5], logits_after([1, 2, 3]))
+    lease = slots.acquire(prompt)
+    assert lease.logits is None and lease.num_reused == min(len(prompt) - 1, 2 if prompt[-1] == 9 else 3)
+
+
+def test_logits_travel_with_a_parked_cache_and_count_in_the_budget():
+    kv = FakeKv()
+    slots = SlotTable(1, kv, park_budget=10_000)
+    story = [1, 2, 3, 4]
+    lease = slots.acquire(story)
+    kv.compute(lease.slot, 6)
+    slots.release(lease.slot, story + [5, 6], logits_after(story, nbytes=1000))
+    use(slots, kv, [9, 9], [9, 9, 9])  # parks the story: 60 bytes of KV and its logits
+    assert slots.num_parked_bytes == 60 + 1000
+    lease = slots.acquire(story)
+    assert (lease.num_reused, lease.logits) == (4, logits_after(story, nbytes=1000))
+
+
+def test_a_cache_that_cannot_keep_the_prompt_alone_loses_its_logits():
+    kv = FakeKv(can_keep_partial=False)
+    slots = SlotTable(1, kv)
+    lease = slots.acquire([1, 2, 3])
+    kv.compute(lease.slot, 5)
+    slots.release(lease.slot, [1, 2, 3, 4, 5], logits_after([1, 2, 3]))
+    lease = slots.acquire([1, 2, 3])
+    assert (lease.num_reused, lease.logits) == (0, None)
+
+
+def test_a_whole_cached_prompt_plans_a_chunk_of_no_tokens_that_samples():
+    scheduler = make_scheduler()
+    prompt = [1, 2, 3]
+    scheduler.slots.release(scheduler.slots.acquire([0]).slot, prompt + [4], logits_after(prompt))
+    request = make_seq(prompt)
+    scheduler.add(request)
+    plan = scheduler.plan()
+    assert [(c.start, c.end, c.num_tokens, c.needs_sample, c.is_prefill, c.cached_logits) for c in plan.chunks] == [
+        (3, 3, 0, True, True, "logits after [1, 2, 3]")]
+    run_plan(scheduler, plan)
+    assert [(c.start, c.end, c.cached_logits) for c in scheduler.plan().chunks] == [(3, 4, None)]
+    scheduler.finish(request)
+    assert scheduler.slots.slots[0].logits == logits_after(prompt)  # handed back for the next repeat
 
 
 def test_requests_arriving_together_take_consecutive_slots():

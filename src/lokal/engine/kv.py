@@ -14,6 +14,10 @@ alone, up to ~2.6 ms out while other slots decode, against ~4 ms per token to co
 2-core test machine, llama-server alike). Caches pushed out of a slot that way are parked, within
 ``park_budget`` bytes, least recently used dropped first. Only the prompt's suffix is then computed.
 
+A cache also keeps the logits its prompt ended with (``PromptLogits``): the same prompt asked again (a retry,
+another sample, "regenerate", a benchmark's repeat) samples its first token from them and computes nothing
+before it; any other prompt recomputes its last token, whose logits its first sample needs.
+
 Pure bookkeeping: the calls into llama.cpp are the ``KvOps`` the runner provides.
 """
 
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Protocol, Sequence, Sized
+from typing import Any, Protocol, Sequence, Sized
 
 
 # Tokens whose KV is copied (out and back) for the price of computing one token's: some hundreds measured (see
@@ -42,10 +46,25 @@ class KvOps(Protocol):
         """Copy saved KV into an empty slot; False (slot left empty) when the context has no room for it."""
 
 
+@dataclass(frozen=True)
+class PromptLogits:
+    """The logits after a cache's first ``length`` tokens: a whole prompt's, from which its first token was
+    sampled. ``values`` is the runner's array (opaque here); ``nbytes`` its size."""
+
+    length: int
+    values: Any
+    nbytes: int
+
+    def fits(self, cached: Sequence[int], prompt: Sequence[int]) -> bool:
+        """Whether these are the logits after exactly ``prompt``, with ``cached`` the tokens they belong to."""
+        return self.length == len(prompt) and common_prefix_length(cached, prompt) == self.length
+
+
 @dataclass
 class Slot:
     id: int
     tokens: list[int] = field(default_factory=list)  # whose KV the slot holds, positions 0..len-1
+    logits: PromptLogits | None = None  # after tokens[:logits.length], when known
     is_busy: bool = False
     last_used: int = 0
 
@@ -55,12 +74,18 @@ class Parked:
     tokens: list[int]  # whose KV ``saved`` holds, positions 0..len-1
     saved: Sized
     last_used: int
+    logits: PromptLogits | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.saved) + (self.logits.nbytes if self.logits is not None else 0)
 
 
 @dataclass(frozen=True)
 class Lease:
     slot: int
     num_reused: int  # prompt tokens whose KV is already in the slot
+    logits: PromptLogits | None = None  # the whole prompt was cached (num_reused == its length): sample from these
 
 
 class SlotTable:
@@ -84,7 +109,7 @@ class SlotTable:
 
     @property
     def num_parked_bytes(self) -> int:
-        return sum(len(entry.saved) for entry in self.parked)
+        return sum(entry.nbytes for entry in self.parked)
 
     def acquire(self, prompt: Sequence[int]) -> Lease | None:
         """A free slot holding the longest cached prefix of ``prompt``, trimmed to it; None when every slot
@@ -103,7 +128,8 @@ class SlotTable:
         free = [slot for slot in self.slots if not slot.is_busy]
         if not free:
             return None
-        # Always recompute the last prompt token: its logits are what the first sample is drawn from.
+        # The last prompt token is recomputed (its logits are what the first sample is drawn from), unless
+        # the chosen slot kept the logits of exactly this prompt (below).
         usable = prompt[:len(prompt) - 1] if self.reuse_prefix else []
         source, source_prefix = free[0], common_prefix_length(free[0].tokens, usable)
         for slot in free[1:]:
@@ -129,23 +155,27 @@ class SlotTable:
             self.parked.remove(entry)
             self._park(target)
             restored = self._kv.restore_slot(target.id, entry.saved)
-            target.tokens = list(entry.tokens) if restored else []
+            target.tokens, target.logits = (list(entry.tokens), entry.logits) if restored else ([], None)
             if restored and _continues_past(entry.tokens, entry_prefix, usable):
-                self._add_parked(entry.tokens, entry.saved)  # another conversation's: it stays parked for it
+                # another conversation's: it stays parked for it
+                self._add_parked(entry.tokens, entry.saved, entry.logits)
         elif source is not target:
             self._park(target)
             saved = self._kv.save_slot(source.id)
-            tokens, source.tokens = source.tokens, []
-            target.tokens = tokens if self._kv.restore_slot(target.id, saved) else []
+            tokens, logits, source.tokens, source.logits = source.tokens, source.logits, [], None
+            target.tokens, target.logits = (tokens, logits) if self._kv.restore_slot(target.id, saved) else ([], None)
         elif _is_rest_worth_keeping(target, source_prefix, usable):
             # Keep all of it parked for whoever continues it rather than cut it, and still reuse its prefix
             # here (a copy is parked; the slot keeps its KV and is trimmed below).
             self._park(target, keep_in_slot=source_prefix > 0)
-        keep = self._kv.trim(target.id, common_prefix_length(target.tokens, usable))
+        logits = target.logits if self.reuse_prefix and target.logits and target.logits.fits(target.tokens, prompt) else None
+        wanted = logits.length if logits is not None else common_prefix_length(target.tokens, usable)
+        keep = self._kv.trim(target.id, wanted)
         target.tokens = list(prompt[:keep])
+        target.logits = None  # the request's now; it hands them back on release
         target.is_busy = True
         target.last_used = next(self._clock)
-        return Lease(target.id, keep)
+        return Lease(target.id, keep, logits if keep == wanted else None)
 
     def _contiguous_choices(self, free: list[Slot]) -> list[Slot]:
         """The free slots that keep the busy ones one run of consecutive ids: every free slot while nothing
@@ -169,19 +199,21 @@ class SlotTable:
         for slot in self.slots:
             if not slot.is_busy and slot.tokens:
                 prefixes.append((slot.tokens, self._kv.save_slot(slot.id)))
-                slot.tokens = []
+                slot.tokens, slot.logits = [], None
         return prefixes
 
     def forget(self) -> None:
         """Drop every parked cache and what the slots are known to hold: the context is going away."""
         self.parked.clear()
         for slot in self.slots:
-            slot.tokens = []
+            slot.tokens, slot.logits = [], None
 
-    def release(self, slot_id: int, cached: Sequence[int]) -> None:
-        """Give a slot back, remembering ``cached``: the tokens whose KV it now holds."""
+    def release(self, slot_id: int, cached: Sequence[int], logits: PromptLogits | None = None) -> None:
+        """Give a slot back, remembering ``cached``: the tokens whose KV it now holds, and the ``logits`` its
+        prompt ended with (when they are known and that prompt is all in ``cached``)."""
         slot = self.slots[slot_id]
         slot.tokens = list(cached)
+        slot.logits = logits if logits is not None and logits.length <= len(cached) else None
         slot.is_busy = False
         slot.last_used = next(self._clock)
 
@@ -199,9 +231,9 @@ class SlotTable:
         with ``keep_in_slot`` keeps it (a copy is parked)."""
         if not slot.tokens:
             return
-        tokens = slot.tokens
+        tokens, logits = slot.tokens, slot.logits
         if not keep_in_slot:
-            slot.tokens = []
+            slot.tokens, slot.logits = [], None
         if self.park_budget <= 0:
             if not keep_in_slot:
                 self._kv.trim(slot.id, 0)
@@ -211,11 +243,11 @@ class SlotTable:
             return
         # A cache this one extends is worth nothing more: every prompt that would reuse it reuses this.
         self.parked = [entry for entry in self.parked if common_prefix_length(entry.tokens, tokens) < len(entry.tokens)]
-        self._add_parked(tokens, saved)
+        self._add_parked(tokens, saved, logits)
 
-    def _add_parked(self, tokens: list[int], saved: Sized) -> None:
+    def _add_parked(self, tokens: list[int], saved: Sized, logits: PromptLogits | None = None) -> None:
         """Park as the most recently used, dropping the least recently used past the budget."""
-        self.parked.append(Parked(tokens, saved, next(self._clock)))
+        self.parked.append(Parked(tokens, saved, next(self._clock), logits))
         while self.num_parked_bytes > self.park_budget:
             self.parked.remove(min(self.parked, key=lambda entry: entry.last_used))
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from lokal.config import physical_cores
 from lokal.engine.cpu_build import default_flash_attention
+from lokal.engine.kv import PromptLogits
 from lokal.engine.kv_files import KvFile, for_stream_count
 from lokal.engine.llamacpp_pooling import PoolingContext, free_context
 from lokal.engine.logprobs import token_logprob
@@ -246,28 +247,36 @@ class Runner:
         seed = llama.LLAMA_DEFAULT_SEED if sampling.seed < 0 else sampling.seed & 0xFFFFFFFF
         add(chain, llama.llama_sampler_init_dist(seed))
 
-    def _sample(self, sampler: Sampler, index: int) -> int:
-        """The next token from the logits of batch position ``index``; the samplers accept it."""
-        if sampler.grammar is None:
+    def _logits(self, index: int) -> np.ndarray:
+        """The logits at batch position ``index`` of the last decode: a view of llama.cpp's buffer."""
+        return np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx, index), shape=(self.n_vocab,))
+
+    def _sample(self, sampler: Sampler, index: int, cached: np.ndarray | None = None) -> int:
+        """The next token from the logits of batch position ``index``, or from ``cached`` logits (a prompt
+        cache's); the samplers accept it."""
+        if sampler.grammar is None and cached is None:
             return llama.llama_sampler_sample(sampler.chain, self._ctx, index)
+        # What llama_sampler_sample does, over logits that may not be the context's.
+        logits = self._logits(index) if cached is None else cached
+        candidates = self._candidates_from_logits(logits)
+        llama.llama_sampler_apply(sampler.chain, ctypes.byref(candidates))
+        token = candidates.data[candidates.selected].id
         # Checking a grammar against every token of the vocabulary costs far more than a decode step, so do
         # as llama.cpp's own sampler does: sample without it, and only when the grammar rejects that token,
         # sample again with the grammar applied to all candidates.
-        candidates = self._candidates_from_logits(index)
-        llama.llama_sampler_apply(sampler.chain, ctypes.byref(candidates))
-        token = candidates.data[candidates.selected].id
-        if not self._grammar_allows(sampler.grammar, token):
-            candidates = self._candidates_from_logits(index)
-            llama.llama_sampler_apply(sampler.grammar, ctypes.byref(candidates))
-            llama.llama_sampler_apply(sampler.chain, ctypes.byref(candidates))
-            token = candidates.data[candidates.selected].id
-            if not self._grammar_allows(sampler.grammar, token):  # llama.cpp aborts the process on accepting it
-                raise LokalError("the format's grammar allows no token here")
-        llama.llama_sampler_accept(sampler.grammar, token)
+        if sampler.grammar is not None:
+            if not self._grammar_allows(sampler.grammar, token):
+                candidates = self._candidates_from_logits(logits)
+                llama.llama_sampler_apply(sampler.grammar, ctypes.byref(candidates))
+                llama.llama_sampler_apply(sampler.chain, ctypes.byref(candidates))
+                token = candidates.data[candidates.selected].id
+                if not self._grammar_allows(sampler.grammar, token):  # llama.cpp aborts the process on accepting it
+                    raise LokalError("the format's grammar allows no token here")
+            llama.llama_sampler_accept(sampler.grammar, token)
         llama.llama_sampler_accept(sampler.chain, token)
         return token
 
-    def _candidates_from_logits(self, index: int) -> llama.llama_token_data_array:
+    def _candidates_from_logits(self, logits: np.ndarray) -> llama.llama_token_data_array:
         if self._candidates is None:
             self._candidate_rows = np.zeros(self.n_vocab, dtype=[("id", np.int32), ("logit", np.float32),
                                                                  ("p", np.float32)])
@@ -276,7 +285,7 @@ class Runner:
                 data=self._candidate_rows.ctypes.data_as(llama.llama_token_data_p))
         rows = self._candidate_rows
         rows["id"] = self._candidate_ids
-        rows["logit"] = np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx, index), shape=(self.n_vocab,))
+        rows["logit"] = logits
         rows["p"] = 0.0
         candidates = self._candidates
         candidates.size, candidates.selected, candidates.sorted = self.n_vocab, -1, False
@@ -372,6 +381,9 @@ class Runner:
         to_sample: list[tuple[Chunk, int]] = []
         n = 0
         for chunk in sorted(chunks, key=lambda chunk: chunk.request.slot):
+            if chunk.cached_logits is not None:  # nothing to compute: sampled from the prompt cache's logits
+                to_sample.append((chunk, -1))
+                continue
             request = chunk.request
             end = n + chunk.end - chunk.start
             tokens[n:end] = request.tokens[chunk.start:chunk.end]
@@ -390,13 +402,20 @@ class Runner:
                 to_sample.append((chunk, end - 1))
             n = end + len(draft)
         self._batch.n_tokens = n
-        status = llama.llama_decode(self._ctx, self._batch)
+        status = llama.llama_decode(self._ctx, self._batch) if n else 0
         if status != 0:
             raise LokalError(f"llama_decode failed with status {status} on a batch of {n} tokens")
         sampled: dict[int, list[int]] = {}
         for chunk, index in to_sample:
             sampler = chunk.request.sampler
+            if chunk.cached_logits is not None:
+                sampled[id(chunk)] = [self._sample(sampler, index, chunk.cached_logits)]
+                self._note_logprob(chunk, index, sampled[id(chunk)][0], chunk.cached_logits)
+                continue
             if not chunk.draft:
+                if chunk.is_prefill:  # the prompt's last token: keep its logits for the same prompt asked again
+                    values = self._logits(index).copy()
+                    chunk.request.prompt_logits = PromptLogits(chunk.end, values, values.nbytes)
                 sampled[id(chunk)] = [self._sample(sampler, index)]
                 self._note_logprob(chunk, index, sampled[id(chunk)][0])
                 continue
@@ -418,16 +437,17 @@ class Runner:
             sampled[id(chunk)] = out
         return [sampled[id(chunk)] for chunk in chunks if chunk.needs_sample]
 
-    def _note_logprob(self, chunk: Chunk, index: int, token: int) -> None:
-        """For requests that asked: the sampled token's log-probability from the logits it came from."""
+    def _note_logprob(self, chunk: Chunk, index: int, token: int, cached: np.ndarray | None = None) -> None:
+        """For requests that asked: the sampled token's log-probability from the logits it came from (batch
+        position ``index``'s, or ``cached``)."""
         num_top = chunk.request.num_top_logprobs
         if num_top is not None:
-            logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx, index), shape=(self.n_vocab,))
+            logits = self._logits(index) if cached is None else cached
             chunk.logprobs.append(token_logprob(logits, token, num_top, self.output_piece))
 
     def _is_clear(self, index: int) -> bool:
         """The logits at batch position ``index`` have one clear leader (see ``decode``)."""
-        logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx, index), shape=(self.n_vocab,))
+        logits = self._logits(index)
         top_two = np.partition(logits, -2)[-2:]
         return float(top_two[1] - top_two[0]) >= CLEAR_MARGIN
 
@@ -459,7 +479,7 @@ class Runner:
                 if status != 0:
                     raise LokalError(f"llama_decode failed with status {status} in the draft model")
                 position += n
-            logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx, -1), shape=(self.n_vocab,))
+            logits = self._logits(-1)
             token = int(np.argmax(logits))
             probability = 1.0 / float(np.exp(logits - logits[token]).sum())
             if probability < min_probability or token >= vocab_limit or self.is_eog(token):

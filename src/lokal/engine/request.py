@@ -13,6 +13,7 @@ from lokal.types import DoneReason, Logprob, SamplingOptions
 
 if TYPE_CHECKING:
     from lokal.engine.draft import Drafter
+    from lokal.engine.kv import PromptLogits
     from lokal.engine.stream import Sink
 
 _request_ids = count(1)
@@ -33,6 +34,9 @@ class Request:
     slot: int | None = None
     num_computed: int = 0  # tokens whose KV is in the slot (reused or computed here)
     num_reused: int = 0  # prompt tokens that prefix reuse saved
+    # The logits after the whole prompt: from the step that computed its last token, or from the prompt
+    # cache (then the prompt was all cached, and the first token is sampled from them with nothing computed).
+    prompt_logits: PromptLogits | None = None
     num_generated: int = 0  # sampled tokens, an end-of-generation one included (Ollama's eval_count)
     pending_ids: list[int] = field(default_factory=list)  # generated ids whose text is not out yet
     pending_logprobs: list[Logprob] = field(default_factory=list)  # theirs, when the request asked
@@ -59,6 +63,11 @@ class Request:
         return self.num_computed < self.num_prompt_tokens
 
     @property
+    def is_first_sample_cached(self) -> bool:
+        """The whole prompt came from the cache with its logits, and no token is sampled yet."""
+        return self.prompt_logits is not None and self.num_computed == len(self.tokens) == self.num_prompt_tokens
+
+    @property
     def num_prompt_evaluated(self) -> int:
         """Prompt tokens actually computed for this request (Ollama's prompt_eval_count)."""
         return self.num_prompt_tokens - self.num_reused
@@ -76,6 +85,8 @@ class Chunk:
     draft: list[int] = field(default_factory=list)
     num_accepted: int = 0
     logprobs: list[Logprob] = field(default_factory=list)  # one per sampled token, when the request asked
+    cached_logits: Any = None  # no tokens (start == end): sample from these, the prompt cache's, instead
+
 
     @property
     def num_tokens(self) -> int:
@@ -88,4 +99,5 @@ class Chunk:
 
     @property
     def is_prefill(self) -> bool:
-        return self.start < self.request.num_prompt_tokens
+        """It computes prompt tokens, or samples the first token from a cached prompt's logits."""
+        return self.start < self.request.num_prompt_tokens or self.cached_logits is not None

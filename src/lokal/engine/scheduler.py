@@ -1,7 +1,8 @@
 """Which tokens each engine step computes. Pure Python: it decides from counters and returns data.
 
 Every step: one token for each request that is generating, then prefill chunks of admitted requests, in
-admission order, within the ``num_batch`` token budget. A long prompt therefore never holds running
+admission order, within the ``num_batch`` token budget. A request whose whole prompt was cached with the
+logits it ended with gets a chunk of no tokens: its first token is sampled from those logits. A long prompt therefore never holds running
 streams back for more than one chunk. After the step, ``update(plan)`` records what it computed. Waiting
 requests are admitted first-come first-served when a slot is free; the slot table picks the slot (prefix
 reuse) and says how much of the prompt is already computed.
@@ -58,6 +59,11 @@ class Scheduler:
         generating = [request for request in self.running if not request.is_prefilling]
         may_draft = self.num_draft > 0 and len(generating) <= self.draft_max_streams
         for request in generating:  # generating requests first: one token each
+            if request.is_first_sample_cached:  # nothing to compute: its first token comes from cached logits
+                assert request.prompt_logits is not None
+                chunks.append(Chunk(request, request.num_computed, request.num_computed,
+                                    cached_logits=request.prompt_logits.values))
+                continue
             if budget > 0:
                 chunk = Chunk(request, request.num_computed, request.num_computed + 1)
                 budget -= 1
@@ -97,7 +103,7 @@ class Scheduler:
                 pass
             return
         self.running.remove(request)
-        self.slots.release(request.slot, request.tokens[:request.num_computed])
+        self.slots.release(request.slot, request.tokens[:request.num_computed], request.prompt_logits)
         request.slot = None
 
     def _admit(self) -> None:
@@ -108,5 +114,6 @@ class Scheduler:
             request = self.waiting.popleft()
             request.slot = lease.slot
             request.num_computed = request.num_reused = lease.num_reused
+            request.prompt_logits = lease.logits
             self.num_reused_tokens += lease.num_reused
             self.running.append(request)
