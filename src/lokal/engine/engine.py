@@ -361,6 +361,7 @@ class Engine:
             return
         elapsed = time.perf_counter_ns() - started
         self._scheduler.update(plan)
+        self._scheduler.cost.observe(plan.num_tokens, elapsed / 1e9)
         next_sampled = iter(sampled)
         for chunk in plan.chunks:
             request = chunk.request

@@ -1,9 +1,11 @@
 """Which tokens each engine step computes. Pure Python: it decides from counters and returns data.
 
 Every step: one token for each request that is generating, then prefill chunks of admitted requests, in
-admission order, within the ``num_batch`` token budget. A request whose whole prompt was cached with the
-logits it ended with gets a chunk of no tokens: its first token is sampled from those logits. A long prompt therefore never holds running
-streams back for more than one chunk. After the step, ``update(plan)`` records what it computed. Waiting
+admission order, within the ``num_batch`` token budget. A long prompt therefore never holds running streams
+back for more than one chunk. A second prompt shares a step with the first only where that gets its first
+token out sooner (``StepCost``, learned from the steps run: on a CPU hardly ever, on a GPU usually). A
+request whose whole prompt was cached with the logits it ended with gets a chunk of no tokens: its first
+token is sampled from those logits. After the step, ``update(plan)`` records what it computed. Waiting
 requests are admitted first-come first-served when a slot is free; the slot table picks the slot (prefix
 reuse) and says how much of the prompt is already computed.
 """
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 
 from lokal.engine.kv import SlotTable
 from lokal.engine.request import Chunk, Request
+from lokal.engine.step_cost import StepCost
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Scheduler:
         self.num_ctx = num_ctx  # positions per sequence
         self.num_draft = num_draft
         self.draft_max_streams = draft_max_streams
+        self.cost = StepCost()  # the engine tells it how long each step took
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # in admission order
         self.num_reused_tokens = 0  # prompt tokens prefix reuse saved, all requests together (metrics)
@@ -72,11 +76,15 @@ class Scheduler:
                     budget -= len(chunk.draft)
                 request.needs_exact_step = False
                 chunks.append(chunk)
+        has_prompt = False
         for request in self.running:  # then prompts, oldest first, as much as the budget allows
             if request.is_prefilling and budget > 0:
                 size = min(request.num_uncomputed, budget)
+                if has_prompt and not self.cost.is_worth_sharing(size):
+                    break  # its first token comes sooner in a step of its own (step_cost.py)
                 chunks.append(Chunk(request, request.num_computed, request.num_computed + size))
                 budget -= size
+                has_prompt = True
         return StepPlan(chunks)
 
     def update(self, plan: StepPlan) -> None:
