@@ -1,7 +1,8 @@
-"""Runner for GGUF models: the only module that calls llama.cpp (llama-cpp-python's low-level ctypes API).
+"""Runner for GGUF models: the engine's one way into llama.cpp (llama-cpp-python's low-level ctypes API),
+with its two helpers: llamacpp_sampling.py (sampler chains) and llamacpp_pooling.py (the embedding context).
 
 It owns the model, one llama context for generation (``n_seq_max = num_parallel`` sequences, each with its
-own KV stream), one preallocated batch, every sampler chain, and, created on first use, a second
+own KV stream), one preallocated batch, every request's sampler chain, and, created on first use, a second
 small context for embeddings. The engine thread makes every call except those that only read the
 vocabulary (tokenize, detokenize, token pieces, building a sampler chain); llama.cpp's vocabulary is
 immutable after load and its tokenizer keeps per-call state, so those are safe from any thread.
@@ -14,7 +15,6 @@ import logging
 import math
 import os
 import threading
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import llama_cpp as llama
@@ -25,6 +25,7 @@ from lokal.engine.cpu_build import default_flash_attention
 from lokal.engine.kv import PromptLogits
 from lokal.engine.kv_files import KvFile, for_stream_count
 from lokal.engine.llamacpp_pooling import PoolingContext, free_context
+from lokal.engine.llamacpp_sampling import Candidates, Sampler, fill_chain, free_c_samplers, sample_from_logits
 from lokal.engine.logprobs import token_logprob
 from lokal.engine.pages import anonymous_mappings, release_zeroed_pages
 from lokal.errors import BadRequest, LokalError, ModelLoadError
@@ -90,7 +91,7 @@ class Runner:
         self._batch: llama.llama_batch | None = None
         self._pooling = PoolingContext(self)
         self._samplers: dict[int, Sampler] = {}  # live ones by id
-        self._candidates: llama.llama_token_data_array | None = None  # for grammar requests, made on first use
+        self._candidates: Candidates | None = None  # for grammar requests and cached logits, made on first use
         self._samplers_lock = threading.Lock()
         self._pieces: dict[int, bytes] = {}
         self._special_pieces: dict[int, bytes] = {}
@@ -186,9 +187,10 @@ class Runner:
                 sampler.grammar = llama.llama_sampler_init_grammar(self._vocab, grammar.encode("utf-8"), b"root")
                 if not sampler.grammar:
                     raise BadRequest("format: llama.cpp could not compile the grammar for it")
-            self._fill_chain(sampler.chain, sampling, history)
+            fill_chain(sampler.chain, sampling, history, n_vocab=self.n_vocab, eog_ids=self.eog_ids,
+                       num_ctx=self.config.num_ctx)
         except BaseException:
-            _free_sampler(sampler)
+            free_c_samplers(sampler)
             raise
         with self._samplers_lock:
             self._samplers[id(sampler)] = sampler
@@ -199,7 +201,7 @@ class Runner:
         with self._samplers_lock:
             if self._samplers.pop(id(sampler), None) is None:
                 return
-        _free_sampler(sampler)
+        free_c_samplers(sampler)
 
     @property
     def num_live_samplers(self) -> int:
@@ -217,36 +219,6 @@ class Runner:
         return not (llama.llama_model_is_recurrent(model) or llama.llama_model_is_hybrid(model)
                     or llama.llama_model_n_swa(model) > 0)
 
-    def _fill_chain(self, chain: object, sampling: SamplingOptions, history: Sequence[int]) -> None:
-        add = llama.llama_sampler_chain_add
-        if sampling.ignore_eos:
-            eogs = self.eog_ids
-            biases = (llama.llama_logit_bias * len(eogs))(*[(t, -math.inf) for t in eogs])
-            add(chain, llama.llama_sampler_init_logit_bias(self.n_vocab, len(eogs), biases))
-        has_penalties = sampling.repeat_last_n != 0 and (
-            sampling.repeat_penalty != 1.0 or sampling.frequency_penalty != 0.0 or sampling.presence_penalty != 0.0)
-        if has_penalties:
-            last_n = self.config.num_ctx if sampling.repeat_last_n < 0 else sampling.repeat_last_n
-            penalties = llama.llama_sampler_init_penalties(
-                self.n_vocab, last_n, sampling.repeat_penalty, sampling.frequency_penalty, sampling.presence_penalty)
-            for token in history[-last_n:]:
-                llama.llama_sampler_accept(penalties, token)
-            add(chain, penalties)
-        if sampling.temperature <= 0:
-            add(chain, llama.llama_sampler_init_greedy())
-            return
-        if sampling.top_k > 0:
-            add(chain, llama.llama_sampler_init_top_k(sampling.top_k))
-        if sampling.typical_p < 1.0:
-            add(chain, llama.llama_sampler_init_typical(sampling.typical_p, 1))
-        if sampling.top_p < 1.0:
-            add(chain, llama.llama_sampler_init_top_p(sampling.top_p, 1))
-        if sampling.min_p > 0.0:
-            add(chain, llama.llama_sampler_init_min_p(sampling.min_p, 1))
-        add(chain, llama.llama_sampler_init_temp(sampling.temperature))
-        seed = llama.LLAMA_DEFAULT_SEED if sampling.seed < 0 else sampling.seed & 0xFFFFFFFF
-        add(chain, llama.llama_sampler_init_dist(seed))
-
     def _logits(self, index: int) -> np.ndarray:
         """The logits at batch position ``index`` of the last decode: a view of llama.cpp's buffer."""
         return np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx, index), shape=(self.n_vocab,))
@@ -256,46 +228,9 @@ class Runner:
         cache's); the samplers accept it."""
         if sampler.grammar is None and cached is None:
             return llama.llama_sampler_sample(sampler.chain, self._ctx, index)
-        # What llama_sampler_sample does, over logits that may not be the context's.
-        logits = self._logits(index) if cached is None else cached
-        candidates = self._candidates_from_logits(logits)
-        llama.llama_sampler_apply(sampler.chain, ctypes.byref(candidates))
-        token = candidates.data[candidates.selected].id
-        # Checking a grammar against every token of the vocabulary costs far more than a decode step, so do
-        # as llama.cpp's own sampler does: sample without it, and only when the grammar rejects that token,
-        # sample again with the grammar applied to all candidates.
-        if sampler.grammar is not None:
-            if not self._grammar_allows(sampler.grammar, token):
-                candidates = self._candidates_from_logits(logits)
-                llama.llama_sampler_apply(sampler.grammar, ctypes.byref(candidates))
-                llama.llama_sampler_apply(sampler.chain, ctypes.byref(candidates))
-                token = candidates.data[candidates.selected].id
-                if not self._grammar_allows(sampler.grammar, token):  # llama.cpp aborts the process on accepting it
-                    raise LokalError("the format's grammar allows no token here")
-            llama.llama_sampler_accept(sampler.grammar, token)
-        llama.llama_sampler_accept(sampler.chain, token)
-        return token
-
-    def _candidates_from_logits(self, logits: np.ndarray) -> llama.llama_token_data_array:
         if self._candidates is None:
-            self._candidate_rows = np.zeros(self.n_vocab, dtype=[("id", np.int32), ("logit", np.float32),
-                                                                 ("p", np.float32)])
-            self._candidate_ids = np.arange(self.n_vocab, dtype=np.int32)
-            self._candidates = llama.llama_token_data_array(
-                data=self._candidate_rows.ctypes.data_as(llama.llama_token_data_p))
-        rows = self._candidate_rows
-        rows["id"] = self._candidate_ids
-        rows["logit"] = logits
-        rows["p"] = 0.0
-        candidates = self._candidates
-        candidates.size, candidates.selected, candidates.sorted = self.n_vocab, -1, False
-        return candidates
-
-    def _grammar_allows(self, grammar: object, token: int) -> bool:
-        single = llama.llama_token_data(token, 1.0, 0.0)
-        one = llama.llama_token_data_array(data=ctypes.pointer(single), size=1, selected=-1, sorted=False)
-        llama.llama_sampler_apply(grammar, ctypes.byref(one))
-        return not math.isinf(single.logit)
+            self._candidates = Candidates(self.n_vocab)
+        return sample_from_logits(sampler, self._logits(index) if cached is None else cached, self._candidates)
 
     # ---- generation (engine thread) ---------------------------------------------------------------------
 
@@ -574,7 +509,7 @@ class Runner:
         with self._samplers_lock:
             samplers, self._samplers = list(self._samplers.values()), {}
         for sampler in samplers:
-            _free_sampler(sampler)
+            free_c_samplers(sampler)
         self._pooling.close()
         free_context(self._ctx, self._batch)
         self._ctx, self._batch = None, None
@@ -592,24 +527,10 @@ class Runner:
                 for i in range(llama.llama_model_meta_count(self._model))}
 
 
-@dataclass(eq=False)
-class Sampler:
-    """One request's C samplers: a chain, and a grammar kept apart from it (see ``Runner._sample``)."""
-
-    chain: object
-    grammar: object | None = None
-
-
 def _bytes_pointer(array: np.ndarray) -> Any:
     """A uint8 array's memory as the ``uint8_t *`` llama.cpp's state functions take (read-only ones too: the
     restore only reads it)."""
     return array.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
-
-
-def _free_sampler(sampler: Sampler) -> None:
-    llama.llama_sampler_free(sampler.chain)
-    if sampler.grammar:
-        llama.llama_sampler_free(sampler.grammar)
 
 
 def _read_string(getter: Callable[[object, int, ctypes.Array, int], int], model: object, index: int) -> str:
