@@ -130,7 +130,7 @@ def test_base_urls_and_config_are_checked():
     with pytest.raises(BadRequest):
         normalize_base_url("127.0.0.1:8000")
     for bad in ({"concurrency": [0]}, {"concurrency": []}, {"num_requests": 0}, {"max_tokens": 0},
-                {"api": "embeddings"}, {"scenario": "soak"}, {"ignore_eos_as": "header"}):
+                {"api": "embeddings"}, {"scenario": "soak"}, {"ignore_eos_as": "header"}, {"first_prompt": -1}):
         with pytest.raises(BadRequest):
             BenchConfig(base_url="http://127.0.0.1:1/v1", **bad).validate()
     assert parse_levels("1, 2,8") == [1, 2, 8]
@@ -231,6 +231,11 @@ def test_in_process_engine(model_store, tokenizer):  # noqa: F811
     assert report.target == {"kind": "in-process", "base_url": None, "model": "smollm2:latest"}
     assert (level.num_ok, level.num_short, level.num_completion_tokens) == (2, 0, 2 * MAX_TOKENS)
     assert level.num_prompt_tokens == sum(len(tokenizer(prompt_text(i, PROMPT_WORDS))) for i in (0, 1))
+    # Another first prompt: prompts the first run did not send, so none of them is cached (a cold run).
+    config.first_prompt = 1000
+    [cold] = run_bench(config, settings=settings).levels
+    assert cold.num_prompt_tokens == sum(len(tokenizer(prompt_text(i, PROMPT_WORDS))) for i in (1000, 1001))
+    assert prompt_text(1000, PROMPT_WORDS) not in {prompt_text(i, PROMPT_WORDS) for i in range(2)}
 
 
 # ---- the command ---------------------------------------------------------------------------------------------
@@ -297,14 +302,15 @@ def test_render_handles_failed_levels():
 
 
 def test_compare_report_ratios_and_verdicts(monkeypatch):
-    """benchmarks/compare.py's markdown: ratios against the ceiling and the peer, and the targets' verdicts."""
+    """benchmarks/compare.py's markdown (compare_report.py): ratios against the ceiling and the peer, and the
+    targets' verdicts."""
     import argparse
     import importlib.util
     import sys
     from pathlib import Path
 
-    path = Path(__file__).parents[1] / "benchmarks" / "compare.py"
-    spec = importlib.util.spec_from_file_location("lokal_benchmarks_compare", path)
+    path = Path(__file__).parents[1] / "benchmarks" / "compare_report.py"
+    spec = importlib.util.spec_from_file_location("lokal_benchmarks_compare_report", path)
     compare = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, compare)  # its dataclasses look their module up there
     spec.loader.exec_module(compare)
@@ -330,7 +336,9 @@ def test_compare_report_ratios_and_verdicts(monkeypatch):
                                     itl={"lokal": [(10.0, 12.0)] * 3, "llama-server": [(10.0, 15.0)] * 3},
                                     llama_server_turns=None,
                                     rss_mb={"lokal": 300.0}, lokal_default_rss_mb=400.0, run_cold_seconds=[2.0, 2.5, 9],
-                                    restarted_chat=compare.RestartedChat([500.0, 600.0], cold_ttft_ms=2000.0))
+                                    restarted_chat=compare.RestartedChat([500.0, 600.0], cold_ttft_ms=2000.0),
+                                    cold_rounds={"lokal": [report([level(1, 95), level(4, 300), level(8, 300)])] * 3,
+                                                 "llama-server": server_rounds})
     text = compare.markdown(measured, args)
     assert f"| 1 | 200.0 | 180.0 | {180 / 200:.2f} | 150.0 | {180 / 150:.2f} |" in text
     assert f"| 4 | 280.0 | 266.0 | {266 / 280:.2f} | 100.0 | {266 / 100:.2f} |" in text
@@ -339,8 +347,12 @@ def test_compare_report_ratios_and_verdicts(monkeypatch):
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         if len(cells) == 3 and ("≥" in cells[0] or "≤" in cells[0]):
             verdicts[cells[0]] = (cells[1], cells[2])
-    # + tok/s and TTFT at 1, 4, 8, the long prompt, and the multi-turn ratio again across a restart
-    assert len(verdicts) == len(compare.TARGETS) + 3 * 2 + 1 + 1
+    # + tok/s and TTFT at 1, 4, 8 (cached and cold), the long prompt, and the multi-turn ratio across a restart
+    assert len(verdicts) == len(compare.TARGETS) + 2 * 3 * 2 + 1 + 1
+    assert verdicts["cold prompts: lokal / llama-server tok/s at concurrency 1 ≥ 1.0 (median ratio)"] == (
+        "0.95", "**missed**")
+    assert verdicts["cold prompts: lokal / llama-server tok/s at concurrency 8 ≥ 1.0 (median ratio)"] == ("1.20", "met")
+    assert "**Cold prompts**" in text and "| 4 | 300.0 | 280.0 | 1.07 |" in text
     # Against llama-server: the median of the per-round ratios (1.10, 0.90, 1.20 at concurrency 1).
     assert verdicts["lokal / llama-server tok/s at concurrency 1 ≥ 1.0 (median ratio)"] == ("1.10", "met")
     assert verdicts["lokal / llama-server tok/s at concurrency 4 ≥ 1.0 (median ratio)"] == (f"{266 / 280:.2f}", "**missed**")

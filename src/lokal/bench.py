@@ -56,6 +56,9 @@ class BenchConfig:
     concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     num_requests: int = 16  # per level
     prompt_tokens: int = 32  # about; the server's usage says exactly
+    # Prompts are a pure function of their index, numbered from here: a run with another first_prompt (far
+    # enough apart) sends prompts that no server's cache holds from the runs before it.
+    first_prompt: int = 0
     max_tokens: int = 128
     ignore_eos: bool = True
     is_streaming: bool = True
@@ -81,6 +84,8 @@ class BenchConfig:
                 raise BadRequest(f"{name.replace('_', ' ')} must be at least 1")
         if self.timeout <= 0:
             raise BadRequest("timeout must be positive")
+        if self.first_prompt < 0:
+            raise BadRequest("first prompt must be 0 or more")
         if self.api not in ("completions", "chat"):
             raise BadRequest(f"api must be completions or chat, got {self.api!r}")
         if self.scenario not in ("load", "multi-turn", "both"):
@@ -413,7 +418,7 @@ async def run_bench_async(config: BenchConfig, settings: Settings | None = None,
                                            Work(messages=[{"role": "user", "content": WARMUP_PROMPT}]), 1)
             if not warmup.is_ok:
                 raise ServerUnavailable(f"the warm-up request failed: {warmup.error}")
-        next_index = 0
+        next_index = config.first_prompt
         if config.scenario in ("load", "both"):
             expected = config.max_tokens if config.ignore_eos else None
             for concurrency in config.concurrency:

@@ -43,6 +43,9 @@ def bench(
     concurrency: str = typer.Option("1,2,4,8", "--concurrency", "-c", help="Concurrency levels, comma separated."),
     requests: int = typer.Option(16, "--requests", "-n", help="Requests per concurrency level."),
     prompt_tokens: int = typer.Option(32, "--prompt-tokens", help="About this many prompt tokens per request."),
+    first_prompt: int = typer.Option(0, "--first-prompt",
+                                     help="Index of the first prompt: another value sends prompts no cache holds "
+                                          "from a run with the default."),
     max_tokens: int = typer.Option(128, "--max-tokens", help="Tokens to generate per request."),
     ignore_eos: bool = typer.Option(True, "--ignore-eos/--stop-at-eos",
                                     help="Ask the server to generate exactly --max-tokens."),
@@ -73,7 +76,7 @@ def bench(
     settings = Settings()
     base_url = None if in_process else (url or settings.base_url + "/v1")
     config = BenchConfig(model=model, base_url=base_url, concurrency=parse_levels(concurrency), num_requests=requests,
-                         prompt_tokens=prompt_tokens, max_tokens=max_tokens, ignore_eos=ignore_eos,
+                         prompt_tokens=prompt_tokens, first_prompt=first_prompt, max_tokens=max_tokens, ignore_eos=ignore_eos,
                          is_streaming=stream, api=api, scenario=scenario, num_turns=turns,  # type: ignore[arg-type]
                          turn_tokens=turn_tokens, answer_tokens=answer_tokens,
                          ignore_eos_as=ignore_eos_as, extra_body=parse_extra_body(extra_body),  # type: ignore[arg-type]
