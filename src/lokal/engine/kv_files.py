@@ -102,7 +102,8 @@ def save_prefixes(directory: Path, prefixes: Sequence[tuple[Sequence[int], Sized
             if isinstance(saved, KvFile) and saved.path == directory / name:
                 os.utime(saved.path)  # read from here and never used: already written, now the newest
                 continue
-            data = saved.read() if isinstance(saved, KvFile) else bytes(saved)  # type: ignore[call-overload]
+            # Written straight from the saved buffer (up to the whole prompt_cache budget; no copy of it first).
+            data = saved.read() if isinstance(saved, KvFile) else memoryview(saved)  # type: ignore[arg-type]
             if data is None:
                 continue
             temporary = directory / (name + ".tmp")
