@@ -23,7 +23,8 @@ from lokal.engine.cpu_build import default_flash_attention
 from lokal.engine.open import ModelEngine, open_engine
 from lokal.errors import (BadRequest, InsufficientMemory, LokalError, ModelLoadError, ServerBusy,
                           UnsupportedCapability)
-from lokal.hardware import DeviceChoice, available_memory, choose_device, detect, estimate_memory, process_rss
+from lokal.hardware import (DeviceChoice, available_memory, choose_device, detect, estimate_memory, process_rss,
+                            release_free_heap)
 from lokal.knowledge.index import DEFAULT_MIN_SCORE, DEFAULT_TOP_K, Hit, knowledge_prompt, load_index
 from lokal.output import output_splitter, split_events
 from lokal.prompt import build_prompt
@@ -475,6 +476,7 @@ class Runtime:
                         started = time.perf_counter_ns()
                         model = await self._load(key, stored, wanted, memory)
                         load_ns = time.perf_counter_ns() - started
+                        await asyncio.to_thread(release_free_heap)  # what loading parsed and threw away
                         log.info("loaded %s in %.2f s: %s KV cache, %.0f MB estimated; %s", entry.name.display,
                                  load_ns / 1e9, wanted.kv_cache_type, memory / 1e6, self._residency())
                         self._tell(ResidencyEvent("load", entry.name.display, load_ns / 1e9))
@@ -601,6 +603,7 @@ class Runtime:
         await asyncio.to_thread(model.engine.close, reason)
         for path in model.files:  # an encrypted store's plaintext copies go with the model
             DECRYPTED.release(path)
+        await asyncio.to_thread(release_free_heap)  # the model's vocabulary and buffers, freed but still resident
         seconds = time.perf_counter() - started
         log.info("unloaded %s (%s) in %.2f s; %s", model.entry.name.display, why, seconds, self._residency())
         self._tell(ResidencyEvent("unload", model.entry.name.display, seconds, cause))
