@@ -3,14 +3,13 @@ detection of this machine."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 
 import pytest
 from typer.testing import CliRunner
 
 from lokal.errors import UnsupportedCapability
-from lokal.hardware import Accelerator, Hardware, choose_device, detect, process_rss, release_free_heap
+from lokal.hardware import Accelerator, Hardware, choose_device, detect
 from lokal.store.catalog import Catalog
 
 CPU_ONLY = Hardware(cpu_model="test cpu", cores_physical=4, cores_logical=8, isa=("avx2",), memory_total=16 << 30,
@@ -129,24 +128,3 @@ def test_models_pull_device_npu_on_this_machine_explains():
     result = CliRunner().invoke(app, ["models", "pull", "phi-4-mini", "--device", "npu"])
     assert result.exit_code == 1
     assert "openvino-npu" in result.output and "no npu found" in result.output
-
-
-def test_release_free_heap_gives_freed_c_memory_back_to_the_kernel():
-    libc = ctypes.CDLL(None)
-    if not hasattr(libc, "malloc_trim") or process_rss() is None:
-        pytest.skip("glibc on Linux only: elsewhere release_free_heap does nothing")
-    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-    libc.free.argtypes = [ctypes.c_void_p]
-    block, count = 4096, 16384  # 64 MB in blocks far below malloc's mmap threshold, like a vocabulary's strings
-    blocks = [libc.malloc(block) for _ in range(count)]
-    for address in blocks:
-        ctypes.memset(address, 1, block)
-    pinned = libc.malloc(block)  # live memory after them: the heap cannot just shrink its top on free
-    for address in blocks:
-        libc.free(address)
-    try:
-        before = process_rss()
-        release_free_heap()
-        assert before - process_rss() > 32 * 1024 * 1024, (before, process_rss())
-    finally:
-        libc.free(pinned)

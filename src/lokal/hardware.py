@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 from dataclasses import dataclass
@@ -28,23 +27,6 @@ def process_rss() -> int | None:
         return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
-
-
-def release_free_heap() -> None:
-    """Hand the C heap's free pages back to the kernel (glibc's malloc_trim; nothing elsewhere). Why: loading and
-    unloading a model frees tens of MB of small allocations (llama.cpp's vocabulary, parse buffers) inside the
-    arenas of the threads that made them, and glibc keeps those pages resident until it is asked. Measured on
-    SmolLM2 and Gemma 3 alternating with room for one: without it the process grew 412 → 585 MB over 8 switches;
-    with it, after each load and unload, it stays within a few MB, and an idle server holds 122 MB, not 222."""
-    trim = getattr(_LIBC, "malloc_trim", None)
-    if trim is not None:
-        trim(0)
-
-
-try:
-    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None)  # the process's own symbols: libc's on Linux
-except (OSError, TypeError):  # Windows has no handle for "this process"
-    _LIBC = None
 
 
 class PeakRss:

@@ -21,10 +21,10 @@ from lokal.config import Settings, physical_cores
 from lokal.engine import AsyncSink, EngineConfig, grammar_for
 from lokal.engine.cpu_build import default_flash_attention
 from lokal.engine.open import ModelEngine, open_engine
+from lokal.engine.pages import release_free_heap
 from lokal.errors import (BadRequest, InsufficientMemory, LokalError, ModelLoadError, ServerBusy,
                           UnsupportedCapability)
-from lokal.hardware import (DeviceChoice, available_memory, choose_device, detect, estimate_memory, process_rss,
-                            release_free_heap)
+from lokal.hardware import DeviceChoice, available_memory, choose_device, detect, estimate_memory, process_rss
 from lokal.knowledge.index import DEFAULT_MIN_SCORE, DEFAULT_TOP_K, Hit, knowledge_prompt, load_index
 from lokal.output import output_splitter, split_events
 from lokal.prompt import build_prompt

@@ -1,4 +1,5 @@
-"""Memory that is not used yet, handed back: the zero pages of a new llama context.
+"""Memory that is not used (yet, or any more), handed back: the zero pages of a new llama context, and the
+C heap's free pages after a model loads or unloads.
 
 llama.cpp zero-fills the KV cache when it makes a context, which makes every page of it resident: slots ×
 context × layers × K and V widths, 360 MiB for SmolLM2 at 4 slots × 4096 tokens, although an idle server
@@ -65,3 +66,15 @@ def _subtract(start: int, end: int, ranges: list[tuple[int, int]]) -> list[tuple
     if at < end:
         parts.append((at, end))
     return parts
+
+
+def release_free_heap() -> None:
+    """Hand the C heap's free pages back to the kernel (glibc's malloc_trim; nothing elsewhere). Why: loading and
+    unloading a model frees tens of MB of small allocations (llama.cpp's vocabulary, parse buffers) inside the
+    malloc arenas of the threads that made them, and glibc keeps those pages resident until asked. Measured on
+    SmolLM2 and Gemma 3 alternating with room for one: without it the process grew 412 → 585 MB over 8 switches;
+    trimmed after each load and unload, 6 runs of 3 switches grew 0–17 %, and an unloaded server holds 122 MB,
+    not 222."""
+    trim = getattr(_libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
