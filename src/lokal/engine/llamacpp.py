@@ -350,7 +350,9 @@ class Runner:
                 self._note_logprob(chunk, index, sampled[id(chunk)][0], chunk.cached_logits)
                 continue
             if not chunk.draft:
-                if chunk.is_prefill:  # the prompt's last token: keep its logits for the same prompt asked again
+                # The prompt's last token: keep its logits for the same prompt asked again (only prefix reuse
+                # reads them: without it, nothing is cached).
+                if chunk.is_prefill and self.config.prefix_reuse:
                     values = self._logits(index).copy()
                     chunk.request.prompt_logits = PromptLogits(chunk.end, values, values.nbytes)
                 sampled[id(chunk)] = [self._sample(sampler, index)]
