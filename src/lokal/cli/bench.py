@@ -76,7 +76,8 @@ def bench(
     settings = Settings()
     base_url = None if in_process else (url or settings.base_url + "/v1")
     config = BenchConfig(model=model, base_url=base_url, concurrency=parse_levels(concurrency), num_requests=requests,
-                         prompt_tokens=prompt_tokens, first_prompt=first_prompt, max_tokens=max_tokens, ignore_eos=ignore_eos,
+                         prompt_tokens=prompt_tokens, first_prompt=first_prompt, max_tokens=max_tokens,
+                         ignore_eos=ignore_eos,
                          is_streaming=stream, api=api, scenario=scenario, num_turns=turns,  # type: ignore[arg-type]
                          turn_tokens=turn_tokens, answer_tokens=answer_tokens,
                          ignore_eos_as=ignore_eos_as, extra_body=parse_extra_body(extra_body),  # type: ignore[arg-type]

@@ -168,7 +168,9 @@ class SlotTable:
             # Keep all of it parked for whoever continues it rather than cut it, and still reuse its prefix
             # here (a copy is parked; the slot keeps its KV and is trimmed below).
             self._park(target, keep_in_slot=source_prefix > 0)
-        logits = target.logits if self.reuse_prefix and target.logits and target.logits.fits(target.tokens, prompt) else None
+        logits = target.logits if self.reuse_prefix else None
+        if logits is not None and not logits.fits(target.tokens, prompt):
+            logits = None
         wanted = logits.length if logits is not None else common_prefix_length(target.tokens, usable)
         keep = self._kv.trim(target.id, wanted)
         target.tokens = list(prompt[:keep])
